@@ -1,0 +1,18 @@
+import json
+import subprocess
+import sys
+
+
+def test_demo_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edgeslim", "demo", "-o", str(tmp_path), "--epochs", "3",
+                           "--finetune-epochs", "1", "--runs", "20", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    for side in ("dense", "slim"):
+        assert {"accuracy", "macs", "params", "latency_ms"} <= set(r[side])
+        assert {"p50", "p90", "p99"} <= set(r[side]["latency_ms"])
+    assert r["onnx"]["max_abs_diff"] < 1e-3
+    assert (tmp_path / "report.md").read_text().count("|") > 10
+    assert (tmp_path / "widths.png").stat().st_size > 1000
+    assert r["report"].endswith("report.md")
