@@ -1,14 +1,15 @@
 """``edgeslim.prune``: trace, score, plan, cut, prove."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .criteria import get_criterion
 from .graph import ChannelGraph
@@ -77,22 +78,30 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     if criterion.needs_data and loader is None:
         raise ValueError(f"method {criterion.name!r} needs calibration data (data=a Dataset or DataLoader; CLI: --data)")
 
+    bar = tqdm(total=4, desc="prune", disable=not progress, file=sys.stderr, leave=False)
     t0 = time.perf_counter()
+    bar.set_postfix_str("tracing")
     graph = trace(model, inputs, ignore=ignore)
+    bar.update()
+    bar.set_postfix_str(f"scoring ({criterion.name})")
     was_training = model.training
     try:
         scores = criterion.score(model, graph, loader, **dict(criterion_options or {}))
     finally:
         model.train(was_training)
     scoring_s = time.perf_counter() - t0
+    bar.update()
 
     t0 = time.perf_counter()
+    bar.set_postfix_str("planning and cutting")
     solution = solve(graph, scores, target, rounding, min_keep,
                      context={"model": model, "example_inputs": inputs, "device": device})
     plan = make_plan(graph, solution.keep)
     slim = apply_plan(model, plan)
+    bar.update()
     error = None
     if verify:
+        bar.set_postfix_str("proving")
         error = equivalence_error(model, slim, plan, inputs)
         if not error < EQUIVALENCE_TOLERANCE:
             raise RuntimeError(
@@ -100,6 +109,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
                 "A Python constant in forward() probably pins a channel count that edgeslim cut; keep that part "
                 "with ignore=[module path] or register a module rule that rewrites it.")
     surgery_s = time.perf_counter() - t0
+    bar.update()
+    bar.close()
 
     dense_cost, slim_cost = count(model, inputs), count(slim, inputs)
     achieved = {"channels": solution.achieved["channels"],
