@@ -43,8 +43,8 @@ TOOLS = ("edgeslim", "torch-pruning")
 def example_input(name: str):
     import torch
 
-    if name.startswith(("vit", "maxvit", "swin")):
-        side = 224  # these need their native image size
+    if name.startswith(("vit", "maxvit", "swin", "alexnet", "vgg")):
+        side = 224  # native size: transformers require it, AlexNet/VGG pool to 6x6/7x7 (ONNX needs a divisor)
     elif name == "inception_v3":
         side = 128
     else:

@@ -305,3 +305,29 @@ def test_criteria_and_custom_criterion():
 def test_unknown_method_lists_the_available_ones():
     with pytest.raises(ValueError, match="l1"):
         edgeslim.prune(build_model("zoo:resnet20"), torch.randn(1, 3, 32, 32), method="nope")
+
+
+class LeNet(nn.Module):
+    """A classic: the flatten size is a Python constant, so conv2's channels cannot change."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.view(-1, 16 * 5 * 5))))
+
+
+def test_a_cut_that_fails_the_proof_is_found_and_kept_whole():
+    model = randomize_(LeNet())
+    x = torch.randn(1, 3, 32, 32)
+    result = edgeslim.prune(model, x, target={"channels": 0.6})
+    assert result.equivalence_error < 1e-4
+    assert result.graph.group("conv2").prunable is False
+    assert "equivalence check" in result.graph.group("conv2").reason
+    assert result.model.conv2.out_channels == 16 and result.model.fc1.out_features < 120
+    assert any("conv2" in note for note in result.notes)
+    assert result.model(torch.randn(3, 3, 32, 32)).shape == (3, 10)

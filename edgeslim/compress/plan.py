@@ -36,9 +36,12 @@ class PruningPlan:
                 "groups": self.groups, "params": self.params, "ops": self.ops}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PruningPlan":
+    def from_dict(cls, d: "Mapping[str, Any] | PruningPlan | str | os.PathLike") -> "PruningPlan":
+        """A plan from its dict (or a plan, or the path of a saved plan)."""
         if isinstance(d, PruningPlan):
             return d
+        if isinstance(d, (str, os.PathLike)):
+            return cls.load(d)
         if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
             found = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise ValueError(f"not an edgeslim pruning plan (format {found!r}, expected {PLAN_FORMAT!r})")

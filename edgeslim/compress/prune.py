@@ -53,6 +53,36 @@ def as_loader(data: Dataset | DataLoader | None, batch_size: int = 64) -> DataLo
     raise ValueError(f"data must be a torch Dataset or DataLoader, not {type(data).__name__}")
 
 
+def _cut(model: nn.Module, graph: ChannelGraph, keep: Mapping[str, Any], inputs: tuple, verify: bool):
+    """Plan, surgery and (if ``verify``) the equivalence error; a cut that crashes has error inf."""
+    plan = make_plan(graph, keep)
+    try:
+        slim = apply_plan(model, plan)
+        error = equivalence_error(model, slim, plan, inputs) if verify else None
+    except Exception:
+        if not verify:
+            raise
+        slim, error = None, float("inf")
+    return plan, slim, error
+
+
+def _broken_groups(model: nn.Module, graph: ChannelGraph, keep: Mapping[str, Any], inputs: tuple) -> list[str]:
+    """The pruned groups whose cut fails the equivalence check, found by bisection."""
+
+    def fails(ids: list[str]) -> bool:
+        _, _, error = _cut(model, graph, {g: keep[g] for g in ids}, inputs, True)
+        return not error < EQUIVALENCE_TOLERANCE
+
+    def search(ids: list[str]) -> list[str]:
+        if len(ids) == 1:
+            return ids
+        first, second = ids[: len(ids) // 2], ids[len(ids) // 2:]
+        found = (search(first) if fails(first) else []) + (search(second) if fails(second) else [])
+        return found or ids  # only the combination fails: blame all of it
+
+    return search(list(keep))
+
+
 def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], method: str = "l1",
           target: Mapping[str, float] | str | None = None, data: Dataset | DataLoader | None = None,
           round_to: int | str | Any = None, device: str | None = None, ignore: Iterable[Any] = (),
@@ -94,15 +124,27 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 
     t0 = time.perf_counter()
     bar.set_postfix_str("planning and cutting")
-    solution = solve(graph, scores, target, rounding, min_keep,
-                     context={"model": model, "example_inputs": inputs, "device": device})
-    plan = make_plan(graph, solution.keep)
-    slim = apply_plan(model, plan)
+    context = {"model": model, "example_inputs": inputs, "device": device}
+    solution = solve(graph, scores, target, rounding, min_keep, context=context)
+    plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
     bar.update()
-    error = None
+    notes: list[str] = []
     if verify:
         bar.set_postfix_str("proving")
-        error = equivalence_error(model, slim, plan, inputs)
+        for _ in range(3):
+            if error < EQUIVALENCE_TOLERANCE:
+                break
+            # Some cut is wrong, usually because a Python constant in forward() pins a channel count
+            # (e.g. x.view(-1, 16 * 5 * 5)). Find the groups to blame, keep them whole, plan again.
+            broken = _broken_groups(model, graph, solution.keep, inputs)
+            for gid in broken:
+                g = graph.group(gid)
+                g.prunable = False
+                g.reason = ("cutting it breaks the model (failed the equivalence check; a Python constant in "
+                            "forward() probably pins its channel count)")
+            notes.append(f"kept whole because cutting them failed the equivalence check: {', '.join(broken)}")
+            solution = solve(graph, scores, target, rounding, min_keep, context=context)
+            plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
         if not error < EQUIVALENCE_TOLERANCE:
             raise RuntimeError(
                 f"surgery check failed: the slim model differs from the masked original by {error:.2e} (relative). "
@@ -116,7 +158,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     achieved = {"channels": solution.achieved["channels"],
                 "macs": slim_cost.macs / dense_cost.macs if dense_cost.macs else 1.0,
                 "params": slim_cost.params / dense_cost.params if dense_cost.params else 1.0}
-    notes = list(solution.notes)
+    notes += solution.notes
     for key in ("macs", "params"):
         if abs(achieved[key] - solution.achieved[key]) > 1e-3:
             notes.append(f"{key}: counted {achieved[key]:.4f} on the slim model, the graph predicted "
