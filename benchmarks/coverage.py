@@ -32,9 +32,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TOOLS = ("edgeslim", "torch-pruning")
@@ -192,6 +194,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="default: every torchvision classification model")
     parser.add_argument("--tools", nargs="*", default=list(TOOLS), choices=TOOLS)
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per model and tool")
+    parser.add_argument("--workers", type=int, default=1, help="models checked at the same time")
     parser.add_argument("--table", action="store_true", help="only print the table of the results file")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "TOOL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,24 +209,29 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     results = load(path)
     if not args.table:
-        for name in names:
-            for tool in args.tools:
-                if (name, tool) in results:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    proc = subprocess.run([sys.executable, __file__, "--one", name, tool], capture_output=True,
-                                          text=True, timeout=args.timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-                    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-                    r = json.loads(lines[-1]) if lines else {"status": "failed",
-                                                              "reason": f"exit {proc.returncode}: {proc.stderr[-500:]}"}
-                except subprocess.TimeoutExpired:
-                    r = {"status": "failed", "reason": f"timed out after {args.timeout} s"}
-                r.update(model=name, tool=tool, total_s=time.perf_counter() - t0)
+        todo = [(name, tool) for name in names for tool in args.tools if (name, tool) not in results]
+        lock = threading.Lock()
+
+        def work(job):
+            name, tool = job
+            t0 = time.perf_counter()
+            try:
+                proc = subprocess.run([sys.executable, __file__, "--one", name, tool], capture_output=True, text=True,
+                                      timeout=args.timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                r = json.loads(lines[-1]) if lines else {"status": "failed",
+                                                          "reason": f"exit {proc.returncode}: {proc.stderr[-500:]}"}
+            except subprocess.TimeoutExpired:
+                r = {"status": "failed", "reason": f"timed out after {args.timeout} s"}
+            r.update(model=name, tool=tool, total_s=time.perf_counter() - t0)
+            with lock:
                 results[(name, tool)] = r
                 with path.open("a") as f:
                     f.write(json.dumps(r) + "\n")
                 print(f"{name:24s} {tool:14s} {r['status']:8s} {r.get('reason', '')[:120]}", file=sys.stderr, flush=True)
+
+        with ThreadPoolExecutor(args.workers) as pool:
+            list(pool.map(work, todo))
     print(table(results, names))
 
 

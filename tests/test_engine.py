@@ -331,3 +331,35 @@ def test_a_cut_that_fails_the_proof_is_found_and_kept_whole():
     assert result.model.conv2.out_channels == 16 and result.model.fc1.out_features < 120
     assert any("conv2" in note for note in result.notes)
     assert result.model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_concatenating_a_tensor_with_itself_and_with_another_source():
+    # Torch-Pruning issues #146 (cat([x, x]) got the wrong input channels) and #481 (two sources merged)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+            self.c = nn.Conv2d(16, 8, 3, padding=1)
+
+        def forward(self, x):
+            a = self.a(x)
+            return self.c(torch.cat([a, a, self.b(x)], 1))
+
+    model = randomize_(Net())
+    graph, plan, slim = assert_slim_equals_masked(model, torch.randn(1, 3, 8, 8))
+    a, b = graph.group("a"), graph.group("b")
+    assert (a.size, b.size) == (6, 4)
+    reads_a = next(s for s in a.consumers if s.module == "c")
+    assert torch.equal(reads_a.index, torch.stack([torch.arange(6), torch.arange(6, 12)], 1))
+    assert torch.equal(next(s for s in b.consumers if s.module == "c").index, torch.arange(12, 16))
+    assert slim.c.in_channels == 2 * slim.a.out_channels + slim.b.out_channels
+
+
+def test_ignore_accepts_paths_instances_and_types():
+    model = build_model("zoo:resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    for ignore in (["layer3.2.conv1"], [model.layer3[2].conv1], [nn.Linear]):
+        graph = trace(model, x, ignore=ignore)
+        assert not all(g.prunable for g in graph.groups if g.id != "fc")
+    with pytest.raises(ValueError, match="no module"):
+        trace(model, x, ignore=["layer9"])
