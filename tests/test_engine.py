@@ -363,3 +363,48 @@ def test_ignore_accepts_paths_instances_and_types():
         assert not all(g.prunable for g in graph.groups if g.id != "fc")
     with pytest.raises(ValueError, match="no module"):
         trace(model, x, ignore=["layer9"])
+
+
+def test_a_registered_cost_model_drives_the_solver():
+    from edgeslim.compress.targets import COST_MODELS
+
+    @edgeslim.compress.register_cost_model("conv_weights")
+    def conv_weights(graph, cost_model, context):
+        dense = sum(s[0] * s[1] for n, s in graph.param_shapes.items() if n.endswith("conv1.weight"))
+
+        def cost(kept, counts):
+            shapes = {**graph.param_shapes, **cost_model.kept_shapes(kept)}
+            return sum(s[0] * s[1] for n, s in shapes.items() if n.endswith("conv1.weight")) / dense
+        return cost
+
+    try:
+        result = edgeslim.prune(build_model("zoo:resnet20"), torch.randn(1, 3, 32, 32), target={"conv_weights": 0.5})
+    finally:
+        del COST_MODELS["conv_weights"]
+    slim = result.model
+    kept = sum(m.weight.shape[0] * m.weight.shape[1] for n, m in slim.named_modules() if n.endswith("conv1"))
+    dense = sum(m.weight.shape[0] * m.weight.shape[1] for n, m in build_model("zoo:resnet20").named_modules()
+                if n.endswith("conv1"))
+    assert 0.49 <= kept / dense <= 0.5
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_slim_attention_matches_torch_attention(batch_first):
+    from edgeslim.compress import SlimMultiheadAttention
+
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    slim = SlimMultiheadAttention(16, 4, 4, batch_first=batch_first).eval()
+    slim.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+    mask = torch.rand(5, 5) > 0.7
+    mask.fill_diagonal_(False)
+    padding = torch.zeros(2, 5, dtype=torch.bool)
+    padding[1, -1] = True
+    with torch.no_grad():
+        for kwargs in ({"need_weights": False}, {"need_weights": True}, {"attn_mask": mask},
+                       {"key_padding_mask": padding, "need_weights": False}):
+            a, wa = ref(x, x, x, **kwargs)
+            b, wb = slim(x, x, x, **kwargs)
+            assert torch.allclose(a, b, atol=1e-5)
+            assert (wa is None) == (wb is None) and (wa is None or torch.allclose(wa, wb, atol=1e-5))
