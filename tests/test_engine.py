@@ -408,3 +408,22 @@ def test_slim_attention_matches_torch_attention(batch_first):
             b, wb = slim(x, x, x, **kwargs)
             assert torch.allclose(a, b, atol=1e-5)
             assert (wa is None) == (wb is None) and (wa is None or torch.allclose(wa, wb, atol=1e-5))
+
+
+def test_activation_sites_point_at_the_group_channels():
+    from edgeslim.compress import activation_sites
+
+    model = randomize_(build_model("zoo:resnet20")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = trace(model, x)
+    group = graph.group("layer2.0.conv2")  # the zero channels PadShortcut adds, plus conv2's matching filters
+    sites = dict(activation_sites(model, group))
+    assert {"layer2.0.conv2", "layer2.0.bn2", "layer2.1.conv2"} <= set(sites)
+    outputs = {}
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, i, o, p=p: outputs.__setitem__(p, o)) for p in sites]
+    model(x)
+    for h in hooks:
+        h.remove()
+    bn2 = outputs["layer2.0.bn2"][:, sites["layer2.0.bn2"]]
+    assert bn2.shape == (2, group.size, 16, 16)
+    assert torch.equal(sites["layer2.0.bn2"], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 24, 25, 26, 27, 28, 29, 30, 31]))

@@ -15,14 +15,14 @@ from . import modules as _modules  # noqa: F401  (registers the built-in module 
 from .modules import SlimMultiheadAttention
 from .plan import PruningPlan, compose, make_plan
 from .surgery import apply_plan, equivalence_error, masked_equivalent
-from .criteria import Criterion, available_criteria, get_criterion, register_criterion
+from .criteria import Criterion, activation_sites, available_criteria, get_criterion, register_criterion
 from .targets import parse_target, register_cost_model
 from .prune import PruneResult, prune
 
 __all__ = [
     "trace", "prune", "PruneResult", "ChannelGraph", "ChannelGroup", "ParamSlice", "UnsupportedOpError",
     "PruningPlan", "make_plan", "compose", "apply_plan", "masked_equivalent", "equivalence_error",
-    "Criterion", "register_criterion", "get_criterion", "available_criteria",
+    "Criterion", "register_criterion", "get_criterion", "available_criteria", "activation_sites",
     "register_op_rule", "register_module_rule", "ModuleRule", "register_cost_model", "parse_target",
     "SlimMultiheadAttention",
 ]
