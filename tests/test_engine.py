@@ -427,3 +427,33 @@ def test_activation_sites_point_at_the_group_channels():
     bn2 = outputs["layer2.0.bn2"][:, sites["layer2.0.bn2"]]
     assert bn2.shape == (2, group.size, 16, 16)
     assert torch.equal(sites["layer2.0.bn2"], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 24, 25, 26, 27, 28, 29, 30, 31]))
+
+
+class C2fLike(nn.Module):
+    """YOLOv8-style block: chunk the output of a conv in two, grow a list, concatenate, plus a decoder
+    path with upsampling, transposed and 1-D convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = nn.Conv2d(3, 16, 1)
+        self.m = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.cv2 = nn.Conv2d(24, 12, 1)
+        self.up = nn.ConvTranspose2d(12, 6, 2, stride=2)
+        self.up_grouped = nn.ConvTranspose2d(6, 6, 2, stride=2, groups=3)
+        self.line = nn.Conv1d(6, 4, 3)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.append(self.m(y[-1]))
+        z = self.cv2(torch.cat(y, 1))
+        z = F.interpolate(z, scale_factor=2.0) + torch.zeros_like(F.interpolate(z, scale_factor=2.0))
+        z = self.up_grouped(F.silu(self.up(z[:, :, ::2, ::2])))
+        return self.line(z.flatten(2)).mean(-1)
+
+
+def test_chunked_block_and_decoder_layers():
+    model = randomize_(C2fLike())
+    graph, plan, slim = assert_slim_equals_masked(model, torch.randn(1, 3, 8, 8), seed=2)
+    assert graph.group("cv1").size == 8          # chunk(2): channel i and 8 + i go together
+    assert graph.group("up").size == 3           # grouped transposed conv: pruned by whole groups of 2
+    assert slim.up_grouped.groups < 3 and slim.line.in_channels == slim.up_grouped.out_channels

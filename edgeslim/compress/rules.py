@@ -204,7 +204,9 @@ def conv(b: Builder, node) -> Any:
         # A grouped (or depthwise) convolution is pruned by whole groups: group k's input channels and
         # output channels go together, so every group keeps its width and `groups` shrinks.
         if transposed:
-            rows = b.param_atoms(wref, 0, "inout")       # input channels
+            rows = b.param_atoms(wref, 0, "inout")       # the weight's rows are the input channels
+            if m is not None:
+                b.unify(m.atoms, rows)
             out_atoms = b.new(c_out)
             block_in, block_out = rows.reshape(groups, -1), out_atoms.reshape(groups, -1)
         else:
