@@ -30,13 +30,6 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="run folder: DIR/model.pt and DIR/plan.json")
 
 
-def _cost(model, example) -> dict:
-    from ..metrics import count
-
-    c = count(model, example)
-    return {"macs": c.macs, "flops": c.flops, "params": c.params, "param_bytes": c.param_bytes}
-
-
 def run(args) -> dict:
     from ..compress import compose, prune
     from ..data import load_data
@@ -58,8 +51,8 @@ def run(args) -> dict:
                    data=data.train_plain if data else None, round_to=round_to, device=args.device,
                    ignore=args.ignore, min_keep=args.min_keep, progress=not args.json)
     slim = result.model
-    dense, slim_entry = _cost(model, example), _cost(slim, example)
-    out = {"model": args.model, "method": args.method, "target": args.target, "dense": dense, "slim": slim_entry,
+    out = {"model": args.model, "method": args.method, "target": args.target, "dense": dict(result.dense),
+           "slim": dict(result.slim),
            "achieved": result.achieved, "equivalence_error": result.equivalence_error,
            "channel_groups": {"total": len(result.graph.groups), "prunable": len(result.graph.prunable_groups),
                               "pruned": len(result.plan.groups)},

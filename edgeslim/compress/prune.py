@@ -31,7 +31,7 @@ class PruneResult:
     scores: dict[str, torch.Tensor]
     achieved: dict[str, float]           # slim / dense: channels, macs, params (macs, params from edgeslim.count)
     timing: dict[str, float]             # scoring_s (trace + criterion), surgery_s (plan + surgery + proof)
-    dense: dict[str, int] = field(default_factory=dict)   # macs, params of the input model
+    dense: dict[str, int] = field(default_factory=dict)   # macs, flops, params, param_bytes of the input model
     slim: dict[str, int] = field(default_factory=dict)
     equivalence_error: float | None = None   # relative error of slim vs masked model (None: not checked)
     notes: list[str] = field(default_factory=list)
@@ -51,6 +51,10 @@ def as_loader(data: Dataset | DataLoader | None, batch_size: int = 64) -> DataLo
 
         return make_loader(data, batch_size)
     raise ValueError(f"data must be a torch Dataset or DataLoader, not {type(data).__name__}")
+
+
+def _cost_entry(cost) -> dict[str, int]:
+    return {"macs": cost.macs, "flops": cost.flops, "params": cost.params, "param_bytes": cost.param_bytes}
 
 
 def _cut(model: nn.Module, graph: ChannelGraph, keep: Mapping[str, Any], inputs: tuple, verify: bool):
@@ -166,7 +170,6 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     return PruneResult(
         model=slim, plan=plan, graph=graph, scores=scores, achieved=achieved,
         timing={"scoring_s": scoring_s, "surgery_s": surgery_s},
-        dense={"macs": dense_cost.macs, "params": dense_cost.params},
-        slim={"macs": slim_cost.macs, "params": slim_cost.params},
+        dense=_cost_entry(dense_cost), slim=_cost_entry(slim_cost),
         equivalence_error=error, notes=notes,
     )
