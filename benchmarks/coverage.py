@@ -49,7 +49,7 @@ def example_input(name: str):
     if name.startswith(("vit", "maxvit", "swin", "alexnet", "vgg")):
         side = 224  # native size: transformers require it, AlexNet/VGG pool to 6x6/7x7 (ONNX needs a divisor)
     elif name == "inception_v3":
-        side = 128
+        side = 299  # its auxiliary classifier (run in training) needs the native size
     else:
         side = 64
     return torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))

@@ -244,9 +244,18 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 
     exported = _export_in_mode(model, inputs, training=False)
     _walk(b, exported, ignored)
-    if _unused_parameters(exported):
+    unused = _unused_parameters(exported)
+    if unused:
         b.phase = "train"
-        _walk(b, _export_in_mode(model, _batch_of_two(inputs), training=True), ignored)
+        try:
+            trained = _export_in_mode(model, _batch_of_two(inputs), training=True)
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(
+                f"{type(model).__name__} uses some parameters only in training mode ({', '.join(unused[:3])}"
+                f"{' ...' if len(unused) > 3 else ''}), so edgeslim traces it in training mode too, and that failed "
+                f"with these example inputs ({exc}). Pass example inputs of the size the model trains at "
+                "(e.g. 299x299 for Inception v3).") from exc
+        _walk(b, trained, ignored)
 
     result = _finish(b, model, inputs, time.perf_counter() - start)
     if strict and result.unsupported_ops:
