@@ -11,9 +11,10 @@ import torchvision
 from torch import nn
 
 import edgeslim
-from edgeslim.compress.fbs_condconv import (DIGITS_RECIPE, FBSCondConv, SaliencyLasso, channel_usage, execution,
-                                            fbs_cost, fbs_layers, gate_width, plot_usage, thesis_table_macs,
-                                            to_fbs_condconv, to_static, train_fbs)
+from edgeslim.compress.fbs_condconv import (DIGITS_RECIPE, FBSCondConv, LayerUsage, SaliencyLasso, UsageReport,
+                                            channel_usage, execution, fbs_cost, fbs_layers, gate_width, plot_usage,
+                                            slim_by_usage, thesis_table_macs, to_fbs_condconv, to_static,
+                                            train_fbs)
 from edgeslim.export import export_onnx
 from edgeslim.models import MCifarNet, build_model, load_model, save_checkpoint
 
@@ -244,6 +245,39 @@ def test_short_digits_training_reaches_sane_accuracy_and_usage_is_counted(tmp_pa
         assert int(layer.counts.sum()) <= layer.k * usage.samples
         assert layer.effective_width <= layer.channels
     assert plot_usage(usage, tmp_path / "usage.png").stat().st_size > 10_000
+    # usage-based slimming through the engine: channels no training image used are removed exactly
+    calibration = channel_usage(model, data.train_plain, progress=False)
+    result = slim_by_usage(model, calibration, x[:1])
+    assert not fbs_layers(result.model)  # a plain conv-BN-act model
+    assert result.removal_error < 1e-4 and result.equivalence_error < 1e-4
+    for layer in calibration.layers:
+        assert result.channels[layer.name]["kept"] == max(1, layer.effective_width)
+    with torch.no_grad():
+        assert torch.equal(result.model(x).argmax(1), result.static(x).argmax(1))
+    assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in result.static.parameters())
+
+
+def test_usage_slimming_keeps_a_residual_channel_that_any_producer_uses():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+            self.branch = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head(torch.relu(x + self.branch(x)))
+
+    model = to_fbs_condconv(Residual(), density=0.5, experts=1).eval()
+    # stem and branch output channels are summed: one channel group with two gated producers
+    counts = {"stem.0": torch.tensor([5, 0, 0, 3]), "branch.0": torch.tensor([0, 2, 0, 4])}
+    layers = [LayerUsage(name, 0.5, 2, c, c.float() / 10, None, 10) for name, c in counts.items()]
+    result = slim_by_usage(model, UsageReport(10, layers), torch.randn(1, 3, 8, 8))
+    assert result.channels == {"stem.0": {"channels": 4, "kept": 3}, "branch.0": {"channels": 4, "kept": 3}}
+    assert result.removal_error < 1e-5  # channel 2 fired for no example: its mean gate is 0 in both producers
+    with pytest.raises(ValueError, match="threshold"):
+        slim_by_usage(model, UsageReport(10, layers), torch.randn(1, 3, 8, 8), threshold=1.5)
 
 
 def test_bad_density_and_untraceable_models_are_clear_errors():

@@ -9,7 +9,12 @@ channels is close to the static-pruning (SCP) budget d*C. ``plot_usage`` draws t
 layer with the SCP budget in red, as in Fig. 3.4.
 
 The same pass records the mean gate E[pi_c] and the mean routing weights E[alpha], which
-``to_static`` needs to freeze a dynamic model into a plain one.
+``to_static`` needs to freeze a dynamic model into a plain one. ``slim_by_usage`` then removes, through
+the slimming engine, the channels no example (or at most a ``threshold`` fraction of them) used, and
+returns a plain static model that is physically smaller. This is an empirical, data-dependent static
+prune, not part of the thesis's method: the saliency boost and the expert mixture are input-dependent
+and are frozen at their data-set means, so the static model's accuracy must be measured (and is
+usually recovered by a short fine-tune).
 """
 from __future__ import annotations
 
@@ -23,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ...data import make_loader
+from .convert import to_static
 from .layer import fbs_layers
 
-__all__ = ["LayerUsage", "UsageReport", "channel_usage", "plot_usage"]
+__all__ = ["LayerUsage", "UsageReport", "channel_usage", "plot_usage", "UsageSlimResult", "slim_by_usage"]
 
 
 @dataclass
@@ -151,3 +157,60 @@ def plot_usage(report: UsageReport, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+@dataclass
+class UsageSlimResult:
+    model: nn.Module      # plain conv-BN-act model without the removed channels (physically smaller)
+    static: nn.Module     # the same before removal: FBS blocks frozen into conv-BN-act, every channel present
+    plan: Any             # the engine's PruningPlan (JSON-serialisable)
+    channels: dict[str, dict[str, int]]  # per FBS block: {"channels", "kept"}
+    equivalence_error: float  # engine's surgery proof: slim vs static with the removed channels' reads zeroed
+    removal_error: float      # slim vs static as they are: 0 up to rounding when only unused channels go
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "equivalence_error": self.equivalence_error,
+                "removal_error": self.removal_error, "kept": sum(c["kept"] for c in self.channels.values()),
+                "total": sum(c["channels"] for c in self.channels.values()), "plan": self.plan.to_dict()}
+
+
+@torch.no_grad()
+def slim_by_usage(model: nn.Module, usage: UsageReport, example_inputs: torch.Tensor,
+                  threshold: float = 0.0) -> UsageSlimResult:
+    """A plain, physically smaller model without the channels used by at most ``threshold`` of the examples.
+
+    ``usage`` comes from ``channel_usage`` on calibration data (the training set, not the test set).
+    Each FBS block becomes conv-BN-act with the mean expert mixture and the mean gate folded into BN
+    (``to_static``); channels whose usage fraction is <= ``threshold`` are removed with the slimming
+    engine (a channel that never fires has a mean gate of exactly 0, so removing it changes nothing).
+    A channel group that other layers also produce (e.g. a residual sum with an ungated branch) is cut
+    only where every producer is a gated block; there a channel goes when no producer uses it. Every
+    group keeps at least its most used channel. ``model`` is not modified.
+    """
+    from .. import make_plan, trace
+    from ..surgery import apply_plan, equivalence_error
+
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold is the largest usage fraction removed, in [0, 1); got {threshold}")
+    static = to_static(model, usage.mean_alpha(), usage.mean_gate()).eval()
+    fraction = {f"{u.name}.0": u.counts.double() / usage.samples for u in usage.layers}  # static conv paths
+    graph = trace(static, (example_inputs,))
+    keep, channels = {}, {}
+    for group in graph.groups:
+        producers = [s for s in group.producers if s.role == "out"]
+        if not group.prunable or not producers or any(s.module not in fraction for s in producers):
+            continue
+        used = torch.zeros(group.size, dtype=torch.float64)
+        for s in producers:
+            index = torch.arange(group.size) if s.index is None else s.index.reshape(group.size, -1)[:, 0]
+            used = torch.maximum(used, fraction[s.module][index])
+        kept = (used > threshold).nonzero().flatten()
+        keep[group.id] = (kept if len(kept) else used.argmax()[None]).tolist()
+        for s in producers:
+            channels[s.module.rpartition(".")[0]] = {"channels": group.size, "kept": len(keep[group.id])}
+    plan = make_plan(graph, keep)
+    slim = apply_plan(static, plan).eval()
+    reference = static(example_inputs)
+    removal = float((slim(example_inputs) - reference).abs().max() / reference.abs().max().clamp_min(1e-12))
+    return UsageSlimResult(slim, static, plan, channels, float(equivalence_error(static, slim, plan, example_inputs)),
+                           removal)
