@@ -7,7 +7,10 @@ Prints (and writes to OUT/results.json):
      interleaved in one process (median of --runs after warm-up): the dense model, SCP (static, physically
      smaller), FBS / FBS-CondConv through the batched mask path, and through the per-example "skip" path
      that gathers only the surviving kernel slices (batch 32 = 32 batch-1 calls);
-  3. the channel-usage diagnostic of the thesis (Fig. 3.4) for FBS at the lowest density (OUT/usage.png).
+  3. the channel-usage diagnostic of the thesis (Fig. 3.4) for FBS at the lowest density (OUT/usage.png);
+  4. usage-based slimming of FBS and FBS-CondConv at the lowest density: channels no training image used are
+     removed through the slimming engine, giving plain static models whose accuracy (before and after a
+     --finetune-epochs fine-tune) and latency are reported beside SCP's.
 
 Digits are 8x8 images: by default they are trained and evaluated at 16x16 (--image-size), which keeps the
 run within minutes on 2 CPU cores; latency and the MACs of table 2 are taken at M-CifarNet's CIFAR
@@ -19,6 +22,7 @@ depend on the input values). Trained checkpoints are cached in OUT and reused wi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -28,12 +32,13 @@ from pathlib import Path
 import torch
 
 from edgeslim.compress.fbs_condconv import (DIGITS_RECIPE, channel_usage, execution, fbs_cost, fbs_layers,
-                                            plot_usage, train_fbs)
+                                            plot_usage, slim_by_usage, train_fbs)
 from edgeslim.data import load_data
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import build_model, load_checkpoint, save_checkpoint
 from edgeslim.runtime import interleaved_latency
+from edgeslim.runtime.latency import stats_from_samples
 from edgeslim.training import evaluate
 
 
@@ -94,8 +99,22 @@ def torch_runner(model, x, mode):
     return run
 
 
+def cpu_timed(fn, samples: list):
+    """``fn`` that also records the CPU time of the calling thread, where ORT (1 thread) and torch compute."""
+    def run():
+        t = time.thread_time()
+        fn()
+        samples.append((time.thread_time() - t) * 1e3)
+    return run
+
+
 def measure_latency(models: dict, args, out: Path) -> dict:
-    """{row: {"ort_b1", "ort_b32", "torch_b1"}: LatencyStats} for dense, SCP, FBS(-CondConv) mask and skip."""
+    """{row: {"ort_b1", "ort_b32", "torch_b1"}: {"wall", "cpu"} stats} for dense, SCP, FBS(-CondConv) mask/skip.
+
+    Wall-clock medians come from edgeslim's interleaved timer. On a busy shared host a long call is
+    preempted more often than a short one, which distorts wall-clock ratios; with one compute thread
+    the per-call CPU time of the calling thread is robust to that, so both are recorded.
+    """
     size = args.latency_size
     x1, x32 = torch.randn(1, 3, size, size), torch.randn(32, 3, size, size)
     onnx_dir = out / "onnx"
@@ -121,11 +140,31 @@ def measure_latency(models: dict, args, out: Path) -> dict:
             eager[row] = torch_runner(model, x1, "skip")
     results = {}
     for key, fns, runs in (("ort_b1", b1, args.runs), ("ort_b32", b32, max(20, args.runs // 10)),
-                           ("torch_b1", eager, max(20, args.runs // 4))):
+                           ("torch_b1", eager, max(20, args.runs // 2))):
         print(f"  timing {key}: {len(fns)} models x {runs} runs", file=sys.stderr)
-        for row, stats in interleaved_latency(fns, runs=runs, warmup=max(3, runs // 20)).items():
-            results.setdefault(row, {})[key] = stats.to_dict()
+        warmup = max(3, runs // 20)
+        cpu = {row: [] for row in fns}
+        wall = interleaved_latency({row: cpu_timed(fn, cpu[row]) for row, fn in fns.items()}, runs=runs, warmup=warmup)
+        for row in fns:
+            results.setdefault(row, {})[key] = {"wall": wall[row].to_dict(),
+                                                "cpu": stats_from_samples(cpu[row][warmup:]).to_dict()}
     return results
+
+
+def usage_slimming(name: str, model, data, args):
+    """Remove the channels no training image used; accuracy of the static model before/after a fine-tune."""
+    calibration = channel_usage(model, data.train_plain, progress=not args.quiet)
+    result = slim_by_usage(model, calibration, torch.zeros(1, 3, args.image_size, args.image_size))
+    slim = copy.deepcopy(result.model)
+    train_fbs(slim, data, DIGITS_RECIPE.with_epochs(args.finetune_epochs), progress=not args.quiet)
+    slim.eval()
+    row = {"model": f"{name} usage-slim", "from": name, "threshold": 0.0, **result.to_dict(),
+           "accuracy_dynamic": evaluate(model, data.test)["accuracy"],
+           "accuracy_static": evaluate(result.model, data.test)["accuracy"],
+           "accuracy_finetuned": evaluate(slim, data.test)["accuracy"], "finetune_epochs": args.finetune_epochs,
+           "digits": costs(slim, args.image_size), "cifar_geometry": costs(slim, args.latency_size)}
+    del row["plan"]
+    return row, slim
 
 
 def fmt_m(v) -> str:
@@ -139,6 +178,7 @@ def main(argv=None) -> dict:
     p.add_argument("--image-size", type=int, default=16, help="digits are trained/evaluated at this size")
     p.add_argument("--latency-size", type=int, default=32, help="input side for latency and table-2 MACs")
     p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tuning of the usage-slimmed static models")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of ONNX Runtime and PyTorch")
     p.add_argument("--reuse", action="store_true", help="reuse trained checkpoints found in OUT")
     p.add_argument("--quiet", action="store_true")
@@ -164,16 +204,21 @@ def main(argv=None) -> dict:
         row["cifar_geometry"] = costs(model, args.latency_size)
         rows.append(row)
 
-    latency = measure_latency(models, args, out)
-
     low = min(args.densities)
     fbs_low = models[f"FBS d={low}"]
     usage = channel_usage(fbs_low, data.test, progress=not args.quiet)
     plot = plot_usage(usage, out / "usage.png", title=f"FBS d={low} on digits test ({usage.samples} images)")
 
+    slimmed = []
+    for name in (f"FBS d={low}", f"FBS-CondConv d={low}"):
+        row, slim = usage_slimming(name, models[name], data, args)
+        slimmed.append(row)
+        models[f"{name} usage-slim"] = slim
+
+    latency = measure_latency(models, args, out)
     result = {"args": vars(args), "recipe": DIGITS_RECIPE.train.to_dict(), "models": rows, "latency": latency,
               "usage": {"model": f"FBS d={low}", "plot": str(plot), **usage.to_dict()},
-              "wall_s": time.perf_counter() - t0}
+              "usage_slimming": slimmed, "wall_s": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print_tables(result, args)
     return result
@@ -194,15 +239,16 @@ def print_tables(r: dict, args) -> None:
               f"| {fmt_m(cg['macs_thesis'])} | {cg['params'] / 1e6:.2f} M |")
     lat = r["latency"]
     dense = lat["dense"]
-    print(f"\n### Latency at {args.latency_size}x{args.latency_size}, CPU, {args.threads} thread(s), "
-          "median ms (x = speed-up over dense, higher is faster)\n")
+    print(f"\n### Latency at {args.latency_size}x{args.latency_size}, CPU, {args.threads} thread(s): median ms "
+          "of CPU time / wall time per call (x = speed-up over dense in CPU time, higher is faster)\n")
     print("| model | ORT batch 1 | ORT batch 32 | PyTorch eager batch 1 |")
     print("|---|---|---|---|")
     for row, stats in lat.items():
         cells = []
         for key in ("ort_b1", "ort_b32", "torch_b1"):
-            st = stats.get(key)
-            cells.append("–" if st is None else f"{st['p50']:.2f} ({dense[key]['p50'] / st['p50']:.2f}x)")
+            st = stats[key]
+            speedup = dense[key]["cpu"]["p50"] / st["cpu"]["p50"]
+            cells.append(f"{st['cpu']['p50']:.2f} / {st['wall']['p50']:.2f} ({speedup:.2f}x)")
         print(f"| {row} | " + " | ".join(cells) + " |")
     u = r["usage"]
     print(f"\n### Channel usage of {u['model']} over the digits test set ({u['samples']} images), "
@@ -212,6 +258,14 @@ def print_tables(r: dict, args) -> None:
     for layer in u["layers"]:
         print(f"| {layer['name']} | {layer['channels']} | {layer['k']} | {layer['scp_budget']:.1f} "
               f"| {layer['effective_width']} | {layer['never_used']} | {layer['always_used']} |")
+    print("\n### Usage-based slimming: channels no training image used, removed through the engine\n")
+    print(f"| model | channels kept | accuracy dynamic | static, before fine-tune | after {args.finetune_epochs} "
+          f"epochs | MACs ({s}x{s}) | MACs (32x32) | params |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m in r["usage_slimming"]:
+        print(f"| {m['model']} | {m['kept']}/{m['total']} | {m['accuracy_dynamic']:.2f} | {m['accuracy_static']:.2f} "
+              f"| {m['accuracy_finetuned']:.2f} | {fmt_m(m['digits']['macs'])} | {fmt_m(m['cifar_geometry']['macs'])} "
+              f"| {m['cifar_geometry']['params'] / 1e6:.3f} M |")
     print(f"\nwall time {r['wall_s']:.0f} s")
 
 

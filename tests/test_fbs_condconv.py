@@ -99,7 +99,7 @@ def test_skip_path_combines_only_surviving_slices_and_matches_the_dense_referenc
     # An independent reference for example 0: mix the full expert kernels, convolve, BN, gate, swish.
     with torch.no_grad():
         alpha = torch.sigmoid(m.router(x[:1].mean((2, 3))))[0] if experts > 1 else torch.ones(1)
-        kernel = torch.einsum("e,eoikl->oikl", alpha, m.weight)
+        kernel = torch.einsum("e,oiekl->oikl", alpha, m.weight)  # weight: (C_out, C_in, E, kh, kw)
         ref = nn.functional.conv2d(x[:1], kernel, padding=1)
         ref = nn.functional.silu(m.bn(ref) * gate[0][None, :, None, None])
     kept = gate[0] != 0

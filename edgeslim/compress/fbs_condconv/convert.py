@@ -84,13 +84,13 @@ def _init_block(block: FBSCondConv, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, 
                 expert_noise: float) -> None:
     w, e = conv.weight, block.experts
     if e == 1:
-        block.weight[0].copy_(w)
+        block.weight[:, :, 0].copy_(w)
     elif pretrained:
         # Router starts at alpha = sigmoid(0) = 1/2 for every expert, experts at 2W/E: the mixture is W.
         # Small noise breaks the symmetry between experts so that they can specialise.
         nn.init.zeros_(block.router.weight)
         nn.init.zeros_(block.router.bias)
-        block.weight.copy_(w * 2 / e + expert_noise * w.std() * torch.randn_like(block.weight))
+        block.weight.copy_(w[:, :, None] * 2 / e + expert_noise * w.std() * torch.randn_like(block.weight))
     else:
         # Independent experts drawn like the conv's own init; with alpha ~ 1/2 the mixture of E experts has
         # the variance of one original kernel.
@@ -181,7 +181,7 @@ def to_static(model: nn.Module, mean_alpha: dict[str, torch.Tensor] | None = Non
     static = copy.deepcopy(model)
     for name, block in fbs_layers(static):
         alpha = mean_alpha.get(name, torch.full((block.experts,), 0.5 if block.experts > 1 else 1.0))
-        kernel = torch.einsum("e,eoikl->oikl", alpha.to(block.weight), block.weight)
+        kernel = torch.einsum("e,oiekl->oikl", alpha.to(block.weight), block.weight)
         conv = nn.Conv2d(block.in_channels, block.out_channels, block.kernel_size, block.stride, block.padding,
                          block.dilation, bias=False).to(block.weight)
         conv.weight.copy_(kernel)

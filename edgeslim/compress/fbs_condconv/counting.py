@@ -2,9 +2,9 @@
 
 * ``macs`` (exact): what the ``skip`` inference path really computes for one example: k = ceil(d C)
   output rows from the previous gate's ceil(d C) input channels, the expert combination on those slices
-  only, the routing FC, the saliency-predictor FC, and the two poolings (l1 mean over every input
-  channel, used to find the active ones; plain mean over the active ones for the router), each pooled
-  element counted as one accumulate. Layers that are not FBS blocks cost what ``edgeslim.count``
+  only, the routing FC and the saliency-predictor FC (both read all C_in pooled inputs, zeros included:
+  gathering their weight columns costs more than the few MACs it saves), and the two poolings (l1 mean
+  and plain mean over every input channel), each pooled element counted as one accumulate. Layers that are not FBS blocks cost what ``edgeslim.count``
   measures for them (a plain classifier reads all of its inputs). BN, gate and activation are
   elementwise and, as everywhere in edgeslim, not MACs.
 * ``macs_thesis``: the thesis's convention, which reproduces Table 3.1 to 0.1 M: fractional d C
@@ -103,9 +103,9 @@ def _layer_cost(name: str, m: FBSCondConv, in_shape, out_shape, feeder: FBSCondC
     exact = {
         "conv": n_in * k * kh * kw * out_hw,
         "combine": e * k * n_in * kh * kw if e > 1 else 0,
-        "router": n_in * e if e > 1 else 0,
-        "predictor": n_in * c_out if m.gated else 0,
-        "pooling": c_in * in_hw + (n_in * in_hw if e > 1 else 0),
+        "router": c_in * e if e > 1 else 0,
+        "predictor": c_in * c_out if m.gated else 0,
+        "pooling": c_in * in_hw * (1 + (e > 1)),
     }
     d_out = m.density if m.gated else 1.0
     d_in = feeder.density if feeder is not None and feeder.gated else 1.0

@@ -51,7 +51,7 @@ class FBSCondConv(nn.Module):
     ``alpha`` (B, E) the routing weights (None when ``experts == 1``).
     """
 
-    GROUPED_MIN_PIXELS = 256  # input maps at least 16x16: per-example grouped convolution (see _condconv)
+    GROUPED_MIN_PIXELS = 49  # input maps of at least 7x7: per-example grouped convolution (see _condconv)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], stride=1,
                  padding=0, dilation=1, *, experts: int = 4, density: float | None = 0.5,
@@ -72,8 +72,10 @@ class FBSCondConv(nn.Module):
         self.k = gate_width(density, out_channels)
         self.execution = "mask"
 
-        # He init (fan-in, as M-CifarNet), each expert drawn independently.
-        self.weight = nn.Parameter(torch.randn(experts, out_channels, in_channels, kh, kw)
+        # (C_out, C_in, E, kh, kw): the expert axis sits inside each (output, input) slice, so the skip path
+        # gathers kept rows and active columns as contiguous blocks. He init (fan-in, as M-CifarNet), every
+        # expert drawn independently.
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, experts, kh, kw)
                                    * math.sqrt(2.0 / (in_channels * kh * kw)))
         # CondConv routing: GAP -> FC(C_in -> E) -> sigmoid (Eq. 3.3; bias as in the original CondConv).
         self.router = nn.Linear(in_channels, experts) if experts > 1 else None
@@ -125,11 +127,11 @@ class FBSCondConv(nn.Module):
             return torch.cat(outputs)
         return self._forward_mask(x)
 
-    def _saliency(self, pooled_l1: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return PREDICTOR_ACTIVATIONS[self.predictor_activation](F.linear(pooled_l1, weight, self.predictor.bias))
+    def _saliency(self, pooled_l1: torch.Tensor) -> torch.Tensor:
+        return PREDICTOR_ACTIVATIONS[self.predictor_activation](self.predictor(pooled_l1))
 
-    def _routing(self, pooled: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(F.linear(pooled, weight, self.router.bias))
+    def _routing(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.router(pooled))
 
     def _normalise(self, y: torch.Tensor) -> torch.Tensor:
         return self.bn(y) if self.bn is not None else y + self.bias[:, None, None]
@@ -137,13 +139,13 @@ class FBSCondConv(nn.Module):
     def _forward_mask(self, x: torch.Tensor) -> torch.Tensor:
         if self.experts == 1:
             self.alpha = None
-            y = F.conv2d(x, self.weight[0], None, self.stride, self.padding, self.dilation)
+            y = F.conv2d(x, self.weight.squeeze(2), None, self.stride, self.padding, self.dilation)
         else:
-            self.alpha = self._routing(x.mean((2, 3)), self.router.weight)
+            self.alpha = self._routing(x.mean((2, 3)))
             y = self._condconv(x, self.alpha)
         y = self._normalise(y)
         if self.gated:
-            self.saliency = self._saliency(x.abs().mean((2, 3)), self.predictor.weight)
+            self.saliency = self._saliency(x.abs().mean((2, 3)))
             kept, index = self.saliency.topk(self.k, dim=1)
             # wta: kept entries keep their value (boosting) and their gradient; the rest are exactly 0.
             self.gate = torch.zeros_like(self.saliency).scatter(1, index, kept)
@@ -160,11 +162,13 @@ class FBSCondConv(nn.Module):
         """
         batch = x.shape[0]
         if batch == 1 or x.shape[2] * x.shape[3] >= self.GROUPED_MIN_PIXELS:
-            kernels = (alpha @ self.weight.flatten(1)).reshape(batch * self.out_channels, *self.weight.shape[2:])
+            kernels = torch.einsum("be,oiekl->boikl", alpha, self.weight).reshape(
+                batch * self.out_channels, self.in_channels, *self.kernel_size)
             y = F.conv2d(x.reshape(1, batch * self.in_channels, *x.shape[2:]), kernels, None, self.stride,
                          self.padding, self.dilation, groups=batch)
             return y.reshape(batch, self.out_channels, *y.shape[2:])
-        y = F.conv2d(x, self.weight.flatten(0, 1), None, self.stride, self.padding, self.dilation)
+        experts = self.weight.transpose(0, 2).transpose(1, 2).reshape(-1, self.in_channels, *self.kernel_size)
+        y = F.conv2d(x, experts, None, self.stride, self.padding, self.dilation)
         y = y.reshape(batch, self.experts, self.out_channels, *y.shape[2:])
         return (y * alpha[:, :, None, None, None]).sum(1)
 
@@ -176,27 +180,29 @@ class FBSCondConv(nn.Module):
         return scale, self.bn.bias - self.bn.running_mean * scale
 
     def _forward_skip(self, x: torch.Tensor) -> torch.Tensor:
-        """One example (batch 1): compute only kept outputs from the non-zero inputs."""
-        pooled_l1 = x.abs().mean((2, 3))[0]
-        active = torch.nonzero(pooled_l1).flatten()  # input channels the previous gate did not suppress
-        x = x.index_select(1, active)
+        """One example (batch 1): compute only kept outputs from the non-zero inputs.
+
+        The saliency predictor and the router read the pooled input of all channels (zeros included):
+        they are tiny, and gathering their weight columns would cost more than it saves.
+        """
+        pooled_l1 = x.abs().mean((2, 3))
+        active = torch.nonzero(pooled_l1[0]).flatten()  # input channels the previous gate did not suppress
         weight = self.weight
         scale, shift = self.folded_affine()
         if self.gated:
-            self.saliency = self._saliency(pooled_l1.index_select(0, active)[None],
-                                           self.predictor.weight.index_select(1, active))
+            self.saliency = self._saliency(pooled_l1)
             kept, keep = self.saliency[0].topk(self.k)
             self.gate = torch.zeros_like(self.saliency).scatter(1, keep[None], kept[None])
-            weight = weight.index_select(1, keep)
+            weight = weight.index_select(0, keep)
             scale, shift = scale.index_select(0, keep) * kept, shift.index_select(0, keep) * kept
-        weight = weight.index_select(2, active)  # (E, k, n_in, kh, kw): only the surviving slices
+        weight = weight.index_select(1, active)  # (k, n_in, E, kh, kw): only the surviving slices
         if self.experts == 1:
             self.alpha = None
-            kernel = weight[0]
+            kernel = weight.squeeze(2)
         else:
-            self.alpha = self._routing(x.mean((2, 3)), self.router.weight.index_select(1, active))
-            kernel = (self.alpha @ weight.flatten(1)).reshape(weight.shape[1:])
-        y = F.conv2d(x, kernel, None, self.stride, self.padding, self.dilation)
+            self.alpha = self._routing(x.mean((2, 3)))
+            kernel = torch.einsum("e,oiekl->oikl", self.alpha[0], weight)
+        y = F.conv2d(x.index_select(1, active), kernel, None, self.stride, self.padding, self.dilation)
         y = self.activation(y * scale[:, None, None] + shift[:, None, None])
         if not self.gated:
             return y
