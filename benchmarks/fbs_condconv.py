@@ -37,8 +37,7 @@ from edgeslim.data import load_data
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import build_model, load_checkpoint, save_checkpoint
-from edgeslim.runtime import interleaved_latency
-from edgeslim.runtime.latency import stats_from_samples
+from edgeslim.runtime import interleaved_latency, stats_from_samples
 from edgeslim.training import evaluate
 
 

@@ -152,6 +152,12 @@ class FBSCondConv(nn.Module):
             y = y * self.gate[:, :, None, None]
         return self.activation(y)
 
+    @staticmethod
+    def _expert_major(weight: torch.Tensor) -> torch.Tensor:
+        """(C_out, C_in, E, kh, kw) -> (E, C_out * C_in * kh * kw): mixing the experts is then one matrix
+        product (an ONNX MatMul, on a constant-folded initializer in the batched path)."""
+        return weight.permute(2, 0, 1, 3, 4).reshape(weight.shape[2], -1)
+
     def _condconv(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """conv(x_b, sum_e alpha_be W_e) for every example b, in one of two exact formulations.
 
@@ -162,7 +168,7 @@ class FBSCondConv(nn.Module):
         """
         batch = x.shape[0]
         if batch == 1 or x.shape[2] * x.shape[3] >= self.GROUPED_MIN_PIXELS:
-            kernels = torch.einsum("be,oiekl->boikl", alpha, self.weight).reshape(
+            kernels = (alpha @ self._expert_major(self.weight)).reshape(
                 batch * self.out_channels, self.in_channels, *self.kernel_size)
             y = F.conv2d(x.reshape(1, batch * self.in_channels, *x.shape[2:]), kernels, None, self.stride,
                          self.padding, self.dilation, groups=batch)
@@ -201,7 +207,8 @@ class FBSCondConv(nn.Module):
             kernel = weight.squeeze(2)
         else:
             self.alpha = self._routing(x.mean((2, 3)))
-            kernel = torch.einsum("e,oiekl->oikl", self.alpha[0], weight)
+            kernel = (self.alpha @ self._expert_major(weight)).reshape(weight.shape[0], weight.shape[1],
+                                                                        *self.kernel_size)
         y = F.conv2d(x.index_select(1, active), kernel, None, self.stride, self.padding, self.dilation)
         y = self.activation(y * scale[:, None, None] + shift[:, None, None])
         if not self.gated:
