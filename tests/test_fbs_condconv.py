@@ -121,6 +121,7 @@ def test_both_batched_condconv_formulations_agree(monkeypatch):
 def test_converted_mcifarnet_skip_path_equals_mask_path():
     model = positive_saliencies(to_fbs_condconv(MCifarNet(width=0.25), density=0.3, experts=4)).eval()
     x = torch.randn(3, 3, 32, 32)
+    x[2] = 0  # an all-black image: no active input channel at all in the first layer
     with torch.no_grad():
         dense = model(x)
         with execution(model, "skip"):

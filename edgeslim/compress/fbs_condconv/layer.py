@@ -7,7 +7,7 @@ One module covers the four forms of the thesis:
 * ``experts=E, density=None``: CondConv (Yang et al. 2019), E input-dependent expert kernels;
 * ``experts=E, density=d``: FBS-pruned CondConv (Raju 2022, chapter 3).
 
-The gate multiplies the *normalised and shifted* conv output, ``act(pi * (BN(conv) ))`` with the BN
+The gate multiplies the *normalised and shifted* conv output, ``act(pi * BN(conv))`` with the BN
 scale gamma frozen (pi takes its role), so a suppressed channel is exactly 0 after BN, bias and
 activation whenever act(0) = 0. The thesis's literal ``act(pi * norm + beta)`` would leave act(beta)
 in suppressed channels (spec A.11, point 1) and destroy the input sparsity of the next layer.
@@ -173,7 +173,7 @@ class FBSCondConv(nn.Module):
             y = F.conv2d(x.reshape(1, batch * self.in_channels, *x.shape[2:]), kernels, None, self.stride,
                          self.padding, self.dilation, groups=batch)
             return y.reshape(batch, self.out_channels, *y.shape[2:])
-        experts = self.weight.transpose(0, 2).transpose(1, 2).reshape(-1, self.in_channels, *self.kernel_size)
+        experts = self.weight.permute(2, 0, 1, 3, 4).reshape(-1, self.in_channels, *self.kernel_size)
         y = F.conv2d(x, experts, None, self.stride, self.padding, self.dilation)
         y = y.reshape(batch, self.experts, self.out_channels, *y.shape[2:])
         return (y * alpha[:, :, None, None, None]).sum(1)
@@ -192,7 +192,10 @@ class FBSCondConv(nn.Module):
         they are tiny, and gathering their weight columns would cost more than it saves.
         """
         pooled_l1 = x.abs().mean((2, 3))
-        active = torch.nonzero(pooled_l1[0]).flatten()  # input channels the previous gate did not suppress
+        # Input channels the previous gate did not suppress. The busiest channel always counts, so that an
+        # all-zero input gives a (zero) convolution rather than an empty one.
+        busiest = torch.arange(self.in_channels, device=x.device) == pooled_l1[0].argmax()
+        active = torch.nonzero((pooled_l1[0] > 0) | busiest).flatten()
         weight = self.weight
         scale, shift = self.folded_affine()
         if self.gated:
