@@ -138,11 +138,13 @@ def to_fbs_condconv(model: nn.Module, *, density: float | None = 0.5, experts: i
             continue
         bn_node = _batchnorm_after(node, modules)
         act_node, act = _activation_after(bn_node or node, modules)
+        bn = modules[bn_node.target] if bn_node else None
         block = FBSCondConv(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                             conv.dilation, experts=experts, density=density, activation=act,
-                            predictor_activation=predictor_activation, norm=bn_node is not None)
-        block.to(conv.weight.device, conv.weight.dtype)
-        _init_block(block, conv, modules[bn_node.target] if bn_node else None, pretrained, expert_noise)
+                            predictor_activation=predictor_activation, norm=bn is not None,
+                            **({"bn_eps": bn.eps, "bn_momentum": bn.momentum} if bn is not None else {}))
+        block.to(conv.weight.device, conv.weight.dtype).train(conv.training)
+        _init_block(block, conv, bn, pretrained, expert_noise)
         _set_submodule(gm, node.target, block)
         last = act_node or bn_node
         if last is not None:
