@@ -251,3 +251,55 @@ def test_ddp_two_gloo_processes(checkpoints, tmp_path):
     assert single["samples"] == 61 and r["accuracy"] == pytest.approx(single["accuracy"])
     assert r["per_class_accuracy"] == pytest.approx(single["per_class_accuracy"])
     assert r["training"]["samples_seen"] == 128
+
+
+def test_thesis_table_prints_ours_next_to_the_target():
+    from edgeslim.report.thesis import compare_table, recipe_rows
+
+    table = compare_table(recipe_rows(get_recipe("snacs-cifar10-resnet56"), {"top1": 92.0}))
+    assert "| 92.00 | 93.38 | -1.38 |" in table
+    assert "| not run | 68.59 |" in table  # parameters pruned was not measured: no number invented
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cuda(small, precision):
+    train, test = small
+    r = fit(tiny_resnet(), train, test, TrainConfig(epochs=3, batch_size=32, precision=precision), progress=False,
+            device="cuda")
+    losses = [h["loss"] for h in r["history"]]
+    assert r["precision"] == precision and all(map(torch.isfinite, torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_ddp_interrupted_run_resumes_exactly(checkpoints, tmp_path):
+    """Kill a 2-process torchrun run once its first epoch is saved; --resume must end where an
+    uninterrupted run ends (per-rank RNG states and the optimiser are restored)."""
+    import signal
+    import time
+
+    args = ["finetune", str(checkpoints / "slim.pt"), "--data", "digits", "--epochs", "3", "--train-samples", "128",
+            "--test-samples", "40", "--batch-size", "32", "--json"]
+    straight = _torchrun([*args, "-o", str(tmp_path / "straight")], tmp_path, {"PROBE_DIR": str(tmp_path)})
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(TESTS / "ddp_probe.py"), *args, "-o", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PROBE_DIR": str(tmp_path)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun group, like a lost node
+    proc.wait()
+    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=True)["training"]
+    assert saved["epoch"] < 3 and not (out / "model.pt").exists()  # it really was cut short
+    resumed = _torchrun([*args, "-o", str(out), "--resume"], tmp_path, {"PROBE_DIR": str(tmp_path)})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = json.loads(straight.stdout), json.loads(resumed.stdout)
+    assert b["resumed_from"] and a["rank_weight_sha256"] == b["rank_weight_sha256"]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
