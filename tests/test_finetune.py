@@ -214,6 +214,11 @@ def test_finetune_command(checkpoints, tmp_path, capsys):
     assert code == 2 and "epochs: saved 2, now 3" in err["error"]
     code, err = run_cli(capsys, *common, "--recipe", "nope")
     assert code == 2 and "digits" in err["error"]
+    save_checkpoint(tmp_path / "five.pt", build_model("zoo:resnet20", num_classes=5, width=4), "zoo:resnet20",
+                    {"width": 4, "num_classes": 5}, (1, 3, 32, 32))
+    code, err = run_cli(capsys, "finetune", str(tmp_path / "five.pt"), "--data", "digits", "--epochs", "1",
+                        "-o", str(tmp_path / "five"))
+    assert code == 2 and "predicts 5 classes" in err["error"]
 
 
 def _torchrun(args, cwd, env_extra, timeout=300):

@@ -232,13 +232,16 @@ def _per_rank_batch(cfg: TrainConfig, dist: DistContext) -> int:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 256, num_classes: int | None = None,
-             device: str | torch.device = "cpu", dist: DistContext | None = None, num_workers: int = 0) -> dict[str, Any]:
+             device: str | torch.device | None = None, dist: DistContext | None = None,
+             num_workers: int = 0) -> dict[str, Any]:
     """Top-1 / top-5 accuracy (percent), mean loss and per-class accuracy of ``model`` on ``data``.
 
     With a distributed ``dist`` each rank scores every world_size-th sample (no padding, so nothing
     is counted twice) and the counts are summed over ranks; every rank gets the same result.
     """
     dist = dist or DistContext()
+    if device is None:  # where the model is
+        device = next(model.parameters(), torch.empty(0)).device
     if isinstance(data, DataLoader):
         if dist.is_distributed:
             raise ValueError("distributed evaluation needs a Dataset, not a DataLoader (it shards the samples itself)")
@@ -290,6 +293,8 @@ def fit(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: 
         checkpoint=None, resume=None, dist: DistContext | None = None) -> dict[str, Any]:
     """Train ``model`` in place; returns the per-epoch history and the best / last test accuracy.
 
+    ``device``: default: ``dist.device`` when a context is given or a process group is initialised
+    (one GPU per process under torchrun), else the CPU.
     ``dist``: the process group context (default: the one already initialised, else one process).
     ``checkpoint``: an ``EpochCheckpoint`` written after every epoch (rank 0 writes).
     ``resume``: a checkpoint written that way (path or loaded payload): weights, optimiser, RNG,
@@ -298,8 +303,11 @@ def fit(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: 
     from .checkpoint import load_resume_payload, restore_training_state
 
     config.validate()
+    explicit = dist is not None
     dist = dist or current_context()
-    device = torch.device(device) if device is not None else dist.device
+    if device is None:  # a given context or a process group decides; a plain call stays on the CPU
+        device = dist.device if explicit or dist.is_distributed else "cpu"
+    device = torch.device(device)
     callbacks = list(callbacks)
     payload = load_resume_payload(resume) if resume is not None else None
     if payload is not None:

@@ -54,6 +54,7 @@ def finetune(loaded: LoadedModel, data: DataBundle, config: TrainConfig, out_dir
         if kd is not None:
             builtin.append(kd)
         example = torch.zeros(1, *data.input_shape)
+        _check_classes(model, example, data)
         macs = count(model, example).macs
         teacher_macs = count(teacher, example).macs if teacher is not None else 0
         run_meta = {**loaded.meta, **(meta or {}), "finetune": config.to_dict()}
@@ -72,6 +73,15 @@ def finetune(loaded: LoadedModel, data: DataBundle, config: TrainConfig, out_dir
             (out / "run.json").write_text(json.dumps(record, indent=1))
         dist.barrier()  # nobody leaves before rank 0 has written
     return record
+
+
+def _check_classes(model: nn.Module, example: torch.Tensor, data: DataBundle) -> None:
+    with torch.no_grad():
+        classes = model.eval()(example).shape[-1]
+    model.train()
+    if classes != data.num_classes:
+        raise ValueError(f"the model predicts {classes} classes, the data {data.name} has {data.num_classes}: "
+                         "fine-tune on the data set the model was trained for")
 
 
 def _record(result: dict[str, Any], loaded: LoadedModel, out: Path, kd: Distillation | None,
