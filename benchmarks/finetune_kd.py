@@ -2,7 +2,7 @@
 
 Trains a dense CIFAR-style ResNet-20 on the embedded digits data, prunes it to a MACs target
 with the L1 criterion, then fine-tunes the same slim model with the 'digits' recipe for several lengths,
-with and without knowledge distillation from the dense model (Hinton KD, T = 4, alpha = 0.9,
+with and without knowledge distillation from the dense model (Hinton KD; default T = 4, alpha = 0.5,
 edgeslim's defaults), over several seeds, and prints one table.
 
 Pruning uses the slimming engine (``edgeslim.prune``, method l1) when it is installed; without
@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--dense-epochs", type=int, default=8)
     ap.add_argument("--epochs", default="1,2,6", help="fine-tuning lengths to compare, comma-separated")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term (edgeslim default 0.5)")
+    ap.add_argument("--temperature", type=float, default=4.0, help="KD temperature (edgeslim default 4)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     lengths = [int(e) for e in args.epochs.split(",")]
@@ -99,7 +101,7 @@ def main() -> None:
             for kd in (False, True):
                 student = copy.deepcopy(slim)
                 r = fit(student, data.train, data.test, recipe.config(epochs=epochs, seed=seed),
-                        [Distillation(dense)] if kd else [], progress=False)
+                        [Distillation(dense, args.temperature, args.alpha)] if kd else [], progress=False)
                 row["kd" if kd else "plain"] = r["accuracy"]
             row["gain"] = row["kd"] - row["plain"]
             rows.append(row)
@@ -116,7 +118,8 @@ def main() -> None:
     summary = {
         "data": "digits (360 test images)", "model": "zoo:resnet20", "pruner": pruner, "macs_ratio": ratio,
         "dense_accuracy": dense_acc, "accuracy_before_finetune": before,
-        "finetune": {k: v for k, v in recipe.options.items() if k != "epochs"}, "kd": {"temperature": 4.0, "alpha": 0.9},
+        "finetune": {k: v for k, v in recipe.options.items() if k != "epochs"},
+        "kd": {"temperature": args.temperature, "alpha": args.alpha},
         "table": table, "rows": rows, "wall_s": time.perf_counter() - t0,
     }
     if args.json:
@@ -126,7 +129,8 @@ def main() -> None:
     print(f"ResNet-20 on digits (360 test images): dense {dense_acc:.2f} %; pruned with {pruner} to {ratio:.3f} of "
           f"the dense MACs: {before:.2f} % before fine-tuning.")
     print(f"Fine-tune: recipe 'digits' (SGD lr {ft['lr']}, cosine, batch {ft['batch_size']}), {args.seeds} seeds "
-          "(data order and augmentation); KD: T = 4, alpha = 0.9, teacher = the dense model. Last-epoch test "
+          f"(data order and augmentation); KD: T = {args.temperature:g}, alpha = {args.alpha:g}, teacher = the dense "
+          "model. Last-epoch test "
           "accuracy, mean ± sd over seeds.\n")
     print("| fine-tune epochs | without KD (%) | with KD (%) | KD gain (points) | seeds KD better / worse |")
     print("|---:|---:|---:|---:|---:|")

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     kd.add_argument("--teacher", help="dense checkpoint to distil from (default: the one the checkpoint records)")
     kd.add_argument("--no-kd", action="store_true", help="plain fine-tuning, no distillation")
     kd.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature T (default 4)")
-    kd.add_argument("--kd-alpha", type=float, default=0.9, help="weight of the distillation term (default 0.9)")
+    kd.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
     p.add_argument("--resume", nargs="?", const="auto", metavar="DIR_OR_FILE",
                    help="continue an interrupted run exactly; alone: the -o folder's last.pt if there is one")
 

@@ -33,7 +33,7 @@ FLOPS_CONVENTION = ("training FLOPs = samples_seen x 3 x forward FLOPs of the st
 
 def finetune(loaded: LoadedModel, data: DataBundle, config: TrainConfig, out_dir: str | Path, *,
              teacher: nn.Module | None = None, teacher_source: str | None = None, temperature: float = 4.0,
-             alpha: float = 0.9, resume: str | Path | None = None, callbacks: list[Callback] = (),
+             alpha: float = 0.5, resume: str | Path | None = None, callbacks: list[Callback] = (),
              progress: bool = True, device: str | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``loaded.model`` (not modified: a copy is trained) on ``data``; returns the run's record.
 
