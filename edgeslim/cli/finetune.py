@@ -31,8 +31,14 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="run folder: model.pt (result), last.pt (resumable, every epoch), run.json")
     add_training_args(p)
+    add_recovery_args(p)
+
+
+def add_recovery_args(p: argparse.ArgumentParser, teacher_flag: bool = True) -> None:
+    """Distillation and resume options (``finetune``, and ``prune --finetune-epochs``)."""
     kd = p.add_argument_group("distillation (on by default when the dense teacher is known)")
-    kd.add_argument("--teacher", help="dense checkpoint to distil from (default: the one the checkpoint records)")
+    if teacher_flag:
+        kd.add_argument("--teacher", help="dense checkpoint to distil from (default: the one the checkpoint records)")
     kd.add_argument("--no-kd", action="store_true", help="plain fine-tuning, no distillation")
     kd.add_argument("--kd-temperature", type=float, default=4.0, help="softmax temperature T (default 4)")
     kd.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term (default 0.5)")
@@ -40,11 +46,11 @@ def add_parser(sub) -> None:
                    help="continue an interrupted run exactly; alone: the -o folder's last.pt if there is one")
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
+def add_training_args(p: argparse.ArgumentParser, epochs_flag: str = "--epochs") -> None:
     """Training options; unset ones come from --recipe, else from TrainConfig's defaults."""
     g = p.add_argument_group("training (flags override --recipe)")
     g.add_argument("--recipe", help=f"named configuration: {', '.join(sorted(RECIPES))}")
-    g.add_argument("--epochs", type=int)
+    g.add_argument(epochs_flag, dest="epochs", type=int, help="training epochs")
     g.add_argument("--batch-size", type=int, help="global batch (split over torchrun processes)")
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", choices=["sgd", "adamw", "rmsprop"])
@@ -118,7 +124,7 @@ def resolve_teacher(args: argparse.Namespace, loaded: LoadedModel, num_classes: 
     """(teacher model or None, where it came from, why there is none)."""
     if args.no_kd:
         return None, None, "disabled with --no-kd"
-    if args.teacher:
+    if getattr(args, "teacher", None):
         return load_model(args.teacher, num_classes=num_classes).model, args.teacher, None
     recorded = loaded.meta.get("teacher")
     if not recorded:
@@ -133,20 +139,29 @@ def resolve_teacher(args: argparse.Namespace, loaded: LoadedModel, num_classes: 
 
 
 def run(args) -> dict:
-    from ..training.recovery import finetune
-
     config, augment = training_config(args, args.data, lr=0.01)
     data = load_data(args.data, image_size=args.input[-1] if args.input else None, augment=augment)
     data = subsample(data, args.train_samples, args.test_samples, seed=config.seed)
     loaded = resolve_model(args, num_classes=data.num_classes)
     teacher, source, reason = resolve_teacher(args, loaded, data.num_classes)
-    record = finetune(loaded, data, config, args.output, teacher=teacher, teacher_source=source,
-                      temperature=args.kd_temperature, alpha=args.kd_alpha, resume=args.resume,
-                      progress=not args.json, device=args.train_device,
-                      meta={"data": args.data, "recipe": args.recipe, "augment": augment})
-    if reason:
-        record["distillation"]["reason"] = reason
+    record = recover(args, loaded, data, config, teacher, source, reason,
+                     meta={"data": args.data, "recipe": args.recipe, "augment": augment})
     record.update(model=args.model, data=args.data, recipe=args.recipe, augment=augment)
+    return record
+
+
+def recover(args: argparse.Namespace, loaded: LoadedModel, data: DataBundle, config: TrainConfig, teacher,
+            teacher_source: str | None, no_teacher_reason: str | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune ``loaded`` into ``args.output`` with the recovery options of ``add_recovery_args``."""
+    from ..training.recovery import finetune
+
+    if args.no_kd:
+        teacher, teacher_source, no_teacher_reason = None, None, "disabled with --no-kd"
+    record = finetune(loaded, data, config, args.output, teacher=teacher, teacher_source=teacher_source,
+                      temperature=args.kd_temperature, alpha=args.kd_alpha, resume=args.resume,
+                      progress=not args.json, device=args.train_device, meta=meta)
+    if teacher is None and no_teacher_reason:
+        record["distillation"]["reason"] = no_teacher_reason
     return record
 
 
