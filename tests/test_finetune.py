@@ -1,4 +1,5 @@
 """Recovery fine-tuning: resume, distillation, masks, recipes, the finetune command, torchrun DDP."""
+import copy
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from torch.utils.data import Subset
 
 from edgeslim.cli import main
 from edgeslim.cli.finetune import subsample
+from edgeslim.compress.masks import apply_masks
 from edgeslim.data import load_data
 from edgeslim.models import build_model, load_checkpoint, save_checkpoint
 from edgeslim.training import (Callback, Distillation, EpochCheckpoint, KeepMasks, LRSchedule, TrainConfig,
@@ -308,3 +310,26 @@ def test_ddp_interrupted_run_resumes_exactly(checkpoints, tmp_path):
     a, b = json.loads(straight.stdout), json.loads(resumed.stdout)
     assert b["resumed_from"] and a["rank_weight_sha256"] == b["rank_weight_sha256"]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_masks_follow_channel_pruning():
+    from edgeslim import prune
+    from edgeslim.compress.masks import masks_after_plan
+
+    torch.manual_seed(0)
+    model = tiny_resnet().eval()
+    masks = {name: (torch.rand_like(p) > 0.5).float() for name, p in model.named_parameters()
+             if name in ("layer1.0.conv2.weight", "fc.weight")}
+    result = prune(model, torch.randn(1, 3, 32, 32), target={"channels": 0.5}, progress=False)
+    slim_masks = masks_after_plan(model, result.plan, masks)
+    slim_params = dict(result.model.named_parameters())
+    for name, mask in slim_masks.items():
+        assert mask.shape == slim_params[name].shape and set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert slim_masks["layer1.0.conv2.weight"].shape[1] < masks["layer1.0.conv2.weight"].shape[1]  # really cut
+    # the masked weights of the dense model are exactly the masked weights left in the slim one
+    masked_dense = copy.deepcopy(model)
+    apply_masks(masked_dense, masks)
+    from edgeslim.compress import apply_plan
+    expected = dict(apply_plan(masked_dense, result.plan).named_parameters())
+    for name, mask in slim_masks.items():
+        assert torch.equal(slim_params[name] * mask, expected[name])

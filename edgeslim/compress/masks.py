@@ -6,10 +6,13 @@ at exactly zero (``edgeslim.training.KeepMasks`` re-applies them after each opti
 """
 from __future__ import annotations
 
+import copy
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
-__all__ = ["apply_masks", "check_masks"]
+__all__ = ["apply_masks", "check_masks", "masks_after_plan"]
 
 
 def check_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -31,3 +34,21 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     for name, mask in masks.items():
         p = params[name]
         p.mul_(mask.to(device=p.device, dtype=p.dtype))
+
+
+@torch.no_grad()
+def masks_after_plan(model: nn.Module, plan: Any, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The masks of ``model`` cut down to the slim model ``apply_plan(model, plan)``.
+
+    The masks ride through the very surgery that slims the weights: they are written into a copy
+    of the model in place of its weights, the plan is applied, and what is left of them is read back.
+    """
+    from .surgery import apply_plan
+
+    check_masks(model, masks)
+    carrier = copy.deepcopy(model)
+    params = dict(carrier.named_parameters())
+    for name, mask in masks.items():
+        params[name].copy_(mask)
+    slim = dict(apply_plan(carrier, plan).named_parameters())
+    return {name: slim[name].detach().clone() for name in masks}
