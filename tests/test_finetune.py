@@ -333,3 +333,54 @@ def test_masks_follow_channel_pruning():
     expected = dict(apply_plan(masked_dense, result.plan).named_parameters())
     for name, mask in slim_masks.items():
         assert torch.equal(slim_params[name] * mask, expected[name])
+
+
+def test_prune_finetunes_with_the_dense_teacher(checkpoints, tmp_path, capsys):
+    """prune --finetune-epochs distils from the dense model in memory, records it as the slim
+    checkpoint's teacher (so `finetune` distils by default later), and resumes like finetune."""
+    dense = checkpoints / "dense.pt"
+    common = ["prune", str(dense), "--target", "macs=0.5", "--data", "digits", "--train-samples", "96",
+              "--test-samples", "50", "--batch-size", "32", "-o", str(tmp_path / "p")]
+    code, r = run_cli(capsys, *common, "--finetune-epochs", "1", "--kd-alpha", "0.7")
+    assert code == 0, r
+    kd = r["finetune"]["distillation"]
+    assert kd["enabled"] and kd["alpha"] == 0.7 and kd["teacher"] == str(dense.resolve())
+    assert r["finetune"]["training"]["samples_seen"] == 96 and r["finetune"]["last_epoch"] == 1
+    assert r["slim"]["accuracy"] == json.loads(Path(r["finetune"]["run_json"]).read_text())["accuracy"]
+    loaded = load_checkpoint(r["checkpoint"])
+    assert sum(p.numel() for p in loaded.model.parameters()) == r["slim"]["params"]
+    assert loaded.meta["teacher"] == str(dense.resolve()) and loaded.meta["method"] == "l1"
+    assert loaded.plan == json.loads(Path(r["plan"]).read_text())
+
+    code, again = run_cli(capsys, *common, "--finetune-epochs", "1", "--kd-alpha", "0.7", "--resume")
+    assert code == 0 and again["finetune"]["resumed_from"] and again["slim"]["accuracy"] == r["slim"]["accuracy"]
+
+    code, ft = run_cli(capsys, "finetune", r["checkpoint"], "--data", "digits", "--epochs", "1", "--train-samples",
+                       "64", "--test-samples", "20", "--batch-size", "32", "-o", str(tmp_path / "ft"))
+    assert code == 0 and ft["distillation"]["enabled"] and ft["distillation"]["teacher"] == str(dense.resolve())
+
+    code, bare = run_cli(capsys, "prune", "zoo:resnet20", "--num-classes", "10", "--data", "digits",
+                         "--train-samples", "32", "--test-samples", "20", "--batch-size", "32", "--finetune-epochs",
+                         "1", "-o", str(tmp_path / "bare"))
+    assert code == 0 and not bare["finetune"]["distillation"]["enabled"]
+    assert "untrained" in bare["finetune"]["distillation"]["reason"]
+
+
+@pytest.mark.slow
+def test_prune_finetune_under_torchrun(checkpoints, tmp_path):
+    """`prune --finetune-epochs` with 2 gloo processes: one plan, identical weights, rank 0 alone writes."""
+    out = tmp_path / "run"
+    proc = _torchrun(["prune", str(checkpoints / "dense.pt"), "--target", "macs=0.5", "--data", "digits",
+                      "--finetune-epochs", "1", "--train-samples", "64", "--test-samples", "41", "--batch-size", "32",
+                      "-o", str(out), "--json"], cwd=tmp_path, env_extra={"PROBE_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    assert r["finetune"]["world_size"] == 2 and r["finetune"]["distillation"]["enabled"]
+    hashes = r["finetune"]["rank_weight_sha256"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    written = {Path(p).name for p in (tmp_path / "writes-rank0.txt").read_text().split()}
+    assert {"last.pt.tmp", "model.pt.tmp"} <= written and not (tmp_path / "writes-rank1.txt").exists()
+    loaded = load_checkpoint(out / "model.pt")
+    assert state_dict_sha256(loaded.model) == hashes[0]
+    assert evaluate(loaded.model, subsample(load_data("digits"), None, 41).test)["accuracy"] == \
+        pytest.approx(r["slim"]["accuracy"])
