@@ -5,10 +5,7 @@ with the L1 criterion, then fine-tunes the same slim model with the 'digits' rec
 with and without knowledge distillation from the dense model (Hinton KD; default T = 4, alpha = 0.5,
 edgeslim's defaults), over several seeds, and prints one table.
 
-Pruning uses the slimming engine (``edgeslim.prune``, method l1) when it is installed; without
-it, a hand-written stand-in removes the lowest-L1 filters inside every residual block (conv1's
-outputs, bn1 and conv2's inputs: channels not tied to the residual stream). The table names the
-pruner it used.
+Pruning uses the slimming engine (``edgeslim.prune``, method l1, one MACs target).
 
     python benchmarks/finetune_kd.py                     # 1, 2 and 6 fine-tuning epochs, 5 seeds
     python benchmarks/finetune_kd.py --epochs 2 --seeds 3 --json
@@ -32,37 +29,9 @@ from edgeslim.training import Distillation, TrainConfig, evaluate, fit
 from edgeslim.training.recipes import get_recipe
 
 
-def prune_block_internals(model: nn.Module, keep: float) -> nn.Module:
-    """Keep the top-``keep`` fraction (by L1 norm) of every BasicBlock's inner channels (a new model)."""
-    slim = copy.deepcopy(model)
-    for stage in (slim.layer1, slim.layer2, slim.layer3):
-        for block in stage:
-            c1, bn, c2 = block.conv1, block.bn1, block.conv2
-            k = max(1, round(keep * c1.out_channels))
-            idx = c1.weight.detach().abs().sum((1, 2, 3)).topk(k).indices.sort().values
-            new_c1 = nn.Conv2d(c1.in_channels, k, 3, c1.stride, 1, bias=False)
-            new_bn = nn.BatchNorm2d(k)
-            new_c2 = nn.Conv2d(k, c2.out_channels, 3, 1, 1, bias=False)
-            with torch.no_grad():
-                new_c1.weight.copy_(c1.weight[idx])
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(new_bn, name).copy_(getattr(bn, name)[idx])
-                new_c2.weight.copy_(c2.weight[:, idx])
-            block.conv1, block.bn1, block.conv2 = new_c1, new_bn, new_c2
-    return slim
-
-
 def prune(dense: nn.Module, example: torch.Tensor, macs_target: float, data) -> tuple[nn.Module, str]:
-    if hasattr(edgeslim, "prune"):
-        result = edgeslim.prune(dense, example, method="l1", target={"macs": macs_target}, data=data, progress=False)
-        return result.model, "edgeslim.prune (l1)"
-    dense_macs = edgeslim.count(dense, example).macs
-    lo, hi = 0.0, 1.0  # the largest keep ratio that meets the target
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        ok = edgeslim.count(prune_block_internals(dense, mid), example).macs <= macs_target * dense_macs
-        lo, hi = (mid, hi) if ok else (lo, mid)
-    return prune_block_internals(dense, lo), f"block-internal L1 (keep {lo:.2f} of inner channels)"
+    result = edgeslim.prune(dense, example, method="l1", target={"macs": macs_target}, data=data, progress=False)
+    return result.model, "edgeslim.prune (l1)"
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
