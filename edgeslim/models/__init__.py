@@ -118,6 +118,7 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None
     plan: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] | None = None  # connection masks {param_name: 0/1 tensor}, kept while fine-tuning
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         if self.input_shape is None:
@@ -127,8 +128,13 @@ class LoadedModel:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs: dict[str, Any] | None = None,
                     input_shape: tuple[int, ...] | None = None, plan: dict[str, Any] | None = None,
-                    meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as architecture spelling + state_dict (+ plan), loadable with weights_only=True."""
+                    meta: dict[str, Any] | None = None, masks: dict[str, torch.Tensor] | None = None,
+                    training: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as architecture spelling + state_dict (+ plan), loadable with weights_only=True.
+
+    ``masks``: connection masks to keep fixed while fine-tuning; ``training``: the state needed to
+    resume a run exactly (see ``edgeslim.training.checkpoint``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -140,6 +146,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if masks:
+        payload["masks"] = {k: v.detach().cpu() for k, v in masks.items()}
+    if training is not None:
+        payload["training"] = training
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)  # never leave a half-written checkpoint behind
@@ -157,7 +167,8 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         model = apply_plan(model, payload["plan"])
     model.load_state_dict(payload["state_dict"])
     shape = tuple(payload["input_shape"]) if payload["input_shape"] else None
-    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"])
+    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"],
+                       payload.get("masks"))
 
 
 def load_model(spec: str, weights: str | None = None, num_classes: int | None = None,
