@@ -1,0 +1,122 @@
+"""Runtime-aware channel counts: probes, the cached latency table, and the rounding they drive."""
+import json
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from edgeslim.metrics import count
+from edgeslim.runtime import OrtRunner, benchmark
+from edgeslim.runtime.channels import (DeviceRounding, GroupSpec, LatencyTable, candidate_widths, probe_latency,
+                                       record_layers)
+
+
+class Group:
+    """A channel group described by hand, shaped like the engine's ChannelGroup."""
+
+    def __init__(self, gid, size, producers, consumers):
+        self.id, self.size, self._p, self._c = gid, size, producers, consumers
+
+    def producer_modules(self):
+        return self._p
+
+    def consumer_modules(self):
+        return self._c
+
+
+def inverted_residual_net(hidden: list[int], width: int = 32, side: int = 28) -> nn.Sequential:
+    """MobileNetV2-style blocks (1x1 expand -> 3x3 depthwise -> 1x1 project) with the given hidden widths."""
+    layers = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for h in hidden:
+        layers += [nn.Conv2d(width, h, 1), nn.ReLU(), nn.Conv2d(h, h, 3, padding=1, groups=h), nn.ReLU(),
+                   nn.Conv2d(h, width, 1)]
+    return nn.Sequential(*layers)
+
+
+def block_groups(n_blocks: int, size: int) -> list[Group]:
+    # Block i occupies modules 2+5i .. 6+5i: expand (2+5i), depthwise (4+5i), project (6+5i).
+    return [Group(f"block{i}", size, [str(2 + 5 * i), str(4 + 5 * i)], [str(4 + 5 * i), str(6 + 5 * i)])
+            for i in range(n_blocks)]
+
+
+def test_candidate_widths():
+    assert candidate_widths(67, 96) == [67, 72, 80, 88, 96]
+    assert candidate_widths(96, 96) == [96]
+    assert candidate_widths(5, 10) == [5, 8, 10]
+    assert candidate_widths(33, 256) == [33, 40, 48, 56, 64]
+    with pytest.raises(ValueError, match="outside"):
+        candidate_widths(0, 16)
+
+
+def test_group_spec_of_a_torchvision_block_matches_the_counter():
+    model = torchvision.models.mobilenet_v2()
+    x = torch.randn(1, 3, 64, 64)
+    layers = record_layers(model, x)
+    block = ["features.2.conv.0.0", "features.2.conv.1.0", "features.2.conv.2"]
+    spec = GroupSpec.from_modules(layers, 96, block[:2], block[1:])
+    assert [len(spec.producers), len(spec.passthrough), len(spec.consumers)] == [1, 1, 1]
+    assert spec.passthrough[0].depthwise and spec.passthrough[0].input_hw == (32, 32)
+    # The probe at full width costs exactly what those three layers cost inside the model.
+    per_layer = {l["name"]: l["macs"] for l in count(model, x).layers}
+    assert spec.macs(96) == sum(per_layer[b] for b in block)
+    probe = spec.probe(40)
+    (out,) = probe(*spec.example_inputs())
+    assert out.shape == (1, 24, 16, 16) and probe.passthrough[0].groups == 40
+    assert spec.signature() == GroupSpec.from_modules(record_layers(model, x), 96, block[:2], block[1:]).signature()
+    with pytest.raises(ValueError, match="did not run"):
+        GroupSpec.from_modules(layers, 96, ["features.99"], block[1:])
+
+
+def test_probe_sees_the_runtime_prefer_aligned_widths():
+    """ONNX Runtime's blocked CPU kernels: a 64-wide group runs faster than a 63-wide one."""
+    model = inverted_residual_net([96])
+    spec = GroupSpec.from_group(record_layers(model, torch.randn(1, 3, 28, 28)), block_groups(1, 96)[0])
+    lat = probe_latency(spec, [63, 64], runs=40)
+    assert lat[64] < lat[63]
+
+
+def test_device_rounding_picks_fast_widths_and_caches_them(tmp_path, monkeypatch):
+    x = torch.randn(1, 3, 28, 28)
+    dense = inverted_residual_net([96, 96, 96])
+    table = LatencyTable(path=tmp_path / "cpu-ort.json")
+    rounding = DeviceRounding(dense, x, table=table)
+    groups = block_groups(3, 96)
+    chosen = [rounding(g, 61) for g in groups]
+    assert all(61 <= c <= 96 for c in chosen)
+    assert set(rounding.decisions) == {"block0", "block1", "block2"}
+    saved = json.loads((tmp_path / "cpu-ort.json").read_text())
+    assert saved["runtime"] == "ort" and len(saved["entries"]) == 1  # three identical blocks share one probe
+    assert set(next(iter(saved["entries"].values()))) == {str(w) for w in candidate_widths(61, 96)}
+
+    # A second rounding on the same table measures nothing and decides the same.
+    import edgeslim.runtime.channels as channels
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again although the table has every width")
+
+    monkeypatch.setattr(channels, "probe_latency", no_measuring)
+    again = DeviceRounding(dense, x, table=LatencyTable(path=tmp_path / "cpu-ort.json"))
+    assert [again(g, 61) for g in groups] == chosen
+    monkeypatch.undo()
+
+    # The whole narrowed model: the chosen widths beat the naive ones on the runtime, interleaved.
+    from edgeslim.export import export_onnx
+
+    naive, rounded = inverted_residual_net([61] * 3), inverted_residual_net(chosen)
+    paths = {k: export_onnx(m.eval(), x, tmp_path / f"{k}.onnx", simplify=False).path
+             for k, m in (("naive", naive), ("rounded", rounded))}
+    res = benchmark({k: OrtRunner(p) for k, p in paths.items()}, runs=40, warmup=5, memory=False)
+    assert res["rounded"].latency_ms.p50 < res["naive"].latency_ms.p50
+
+
+def test_table_from_another_host_is_ignored(tmp_path):
+    path = tmp_path / "t.json"
+    table = LatencyTable(path=path)
+    table.put("abc", {8: 1.0})
+    table.save()
+    assert LatencyTable(path=path).get("abc", [8]) == {8: 1.0}
+    data = json.loads(path.read_text())
+    data["host"]["runtime_version"] = "0.0.0"
+    path.write_text(json.dumps(data))
+    assert LatencyTable(path=path).get("abc", [8]) is None
