@@ -12,8 +12,8 @@ How: a channel group (the channels that producers write and consumers read toget
 producer layers (output width ``n``), its depthwise layers (width ``n``) and its consumer layers
 (input width ``n``), every other dimension as in the model. The probe is timed on the target
 runtime for the candidate widths at and above the engine's count, all candidates of one group
-interleaved in one process, and the cheapest is chosen (the smallest among those within
-``tolerance`` of the fastest). Measurements are cached per device and runtime in
+interleaved in one process, and the cheapest is chosen (by default the widest among those within
+``tolerance`` of the fastest: channels the runtime gives for free). Measurements are cached per device and runtime in
 ``~/.cache/edgeslim/latency/<device>-<runtime>.json`` keyed by the probe's signature.
 
 ``DeviceRounding`` is the ``round_to`` callable the engine takes: ``round_to(group, n) -> n``.
@@ -40,6 +40,8 @@ __all__ = ["LayerSpec", "GroupSpec", "LatencyTable", "DeviceRounding", "LatencyM
            "candidate_widths", "default_cache_dir", "probe_latency"]
 
 TABLE_FORMAT = 1
+# Bumped whenever the probe network changes, so that old measurements are not reused.
+PROBE_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +172,7 @@ class GroupSpec:
 
     def signature(self) -> str:
         """A stable key: the same layers in another model share measurements."""
-        text = json.dumps(asdict(self), sort_keys=True)
+        text = json.dumps({"probe": PROBE_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def probe(self, n: int) -> "GroupProbe":
@@ -191,7 +193,13 @@ class GroupProbe(nn.Module):
     """The group's layers at width ``n``: producers (each on its own input, summed as a residual add
     would), then depthwise layers, then every consumer on the result. ReLUs mimic the fused
     activations of real networks; resolution changes between producer and consumer (pooling) are
-    mimicked by adaptive average pooling."""
+    mimicked by adaptive average pooling.
+
+    Each convolutional consumer is followed by a 1x1 max-pool, a near-free op that runtimes with
+    blocked layouts keep in the blocked layout: in the model, a consumer's output flows on into
+    further layers, so a width that forces the consumer out of the blocked layout must pay for
+    converting back, exactly as it does in the model, and not be credited for skipping a
+    conversion at the probe's exit that the model never makes."""
 
     def __init__(self, spec: GroupSpec, n: int):
         super().__init__()
@@ -240,7 +248,8 @@ class GroupProbe(nn.Module):
             elif x.dim() == 4:
                 per_channel = spec.in_channels // self.n
                 x = F.adaptive_avg_pool2d(x, (1, per_channel)).flatten(1)
-            results.append(layer(x))
+            y = layer(x)
+            results.append(F.max_pool2d(y, 1) if spec.kind == "conv" else y)
         return tuple(results) if results else t
 
 
@@ -378,26 +387,42 @@ class DeviceRounding:
     """``round_to`` for the engine: ``rounding(group, n)`` -> the width at or above ``n`` that the
     runtime executes fastest, measured (and cached) with the group's probe.
 
-    Among candidates whose latency is within ``tolerance`` of the fastest, the smallest wins: equal
-    speed with fewer channels is also fewer parameters and MACs.
+    Candidates are ``n`` and the multiples of the smallest alignment above it up to the next
+    multiple of the largest one (see :func:`candidate_widths`). A width that is not a multiple of
+    the smallest alignment is timed through one representative per bucket (the bucket's top minus
+    one), so the engine's search, which asks about many counts, needs few measurements; every
+    decision is memoised.
+
+    ``prefer``: among candidates within ``tolerance`` of the fastest, ``"more"`` (default) keeps the
+    most channels, since the runtime gives them for free and the engine's budget then takes channels
+    where they do cost time; ``"fewer"`` keeps the fewest (smallest MACs and parameters).
     """
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], runtime: str = "ort",
                  device: str = "cpu", table: LatencyTable | None = None, alignments: Sequence[int] = (8, 16, 32),
-                 tolerance: float = 0.03, runs: int = 40, warmup: int = 5, threads: int | None = None,
-                 progress: bool = False):
+                 tolerance: float = 0.02, prefer: str = "more", runs: int = 30, warmup: int = 5,
+                 threads: int | None = None, progress: bool = False):
+        if prefer not in ("more", "fewer"):
+            raise ValueError(f"prefer must be 'more' or 'fewer', not {prefer!r}")
         self.layers = record_layers(model, example_inputs)
         self.runtime, self.device, self.threads = runtime, device, threads
         self.table = table or LatencyTable(device=_device_name(device), runtime=runtime, threads=threads)
-        self.alignments, self.tolerance, self.runs, self.warmup = tuple(alignments), tolerance, runs, warmup
-        self.progress = progress
+        self.alignments, self.tolerance, self.prefer = tuple(sorted(alignments)), tolerance, prefer
+        self.runs, self.warmup, self.progress = runs, warmup, progress
         self.decisions: dict[str, dict[str, Any]] = {}
+        self._specs: dict[str, GroupSpec] = {}
+        self._memo: dict[tuple[str, int], tuple[int, dict[int, float]]] = {}
 
     def spec(self, group: Any) -> GroupSpec:
-        return GroupSpec.from_group(self.layers, group)
+        key = str(getattr(group, "id", id(group)))
+        if key not in self._specs:
+            self._specs[key] = GroupSpec.from_group(self.layers, group)
+        return self._specs[key]
 
-    def latencies(self, spec: GroupSpec, widths: Sequence[int]) -> dict[int, float]:
-        """Latency of ``spec`` at ``widths``, from the table or measured now (all together) and cached."""
+    def latencies(self, spec: GroupSpec, widths: Iterable[int]) -> dict[int, float]:
+        """Latency of ``spec`` at ``widths``, from the table or measured now (all together, so that
+        they are compared under the same machine noise) and cached."""
+        widths = sorted(set(widths))
         sig = spec.signature()
         cached = self.table.get(sig, widths)
         if cached is not None:
@@ -407,22 +432,36 @@ class DeviceRounding:
         self.table.save()
         return measured
 
+    def _timed_as(self, w: int, size: int) -> int:
+        """The width whose measurement stands for ``w``: itself when aligned (or the full group),
+        else its bucket's representative."""
+        step = self.alignments[0]
+        if w % step == 0 or w == size:
+            return w
+        return min(size, -(-w // step) * step) - 1
+
     def choose(self, spec: GroupSpec, n: int) -> tuple[int, dict[int, float]]:
-        widths = candidate_widths(n, spec.size, self.alignments)
-        if len(widths) == 1:
-            return n, {}
-        lat = self.latencies(spec, widths)
-        best = min(lat.values())
-        chosen = min(w for w in widths if lat[w] <= best * (1 + self.tolerance))
-        return chosen, lat
+        key = (spec.signature(), n)
+        if key not in self._memo:
+            widths = candidate_widths(n, spec.size, self.alignments)
+            if len(widths) == 1:
+                self._memo[key] = (n, {})
+            else:
+                timed_as = {w: self._timed_as(w, spec.size) for w in widths}
+                lat = self.latencies(spec, timed_as.values())
+                cost = {w: lat[timed_as[w]] for w in widths}
+                best = min(cost.values())
+                fast = [w for w in widths if cost[w] <= best * (1 + self.tolerance)]
+                self._memo[key] = (max(fast) if self.prefer == "more" else min(fast), cost)
+        return self._memo[key]
 
     def __call__(self, group: Any, n: int) -> int:
         n = int(n)
         spec = self.spec(group)
-        chosen, lat = self.choose(spec, n)
+        chosen, cost = self.choose(spec, n)
         gid = str(getattr(group, "id", len(self.decisions)))
         self.decisions[gid] = {"target": n, "chosen": chosen, "size": spec.size,
-                               "latency_ms": {str(k): v for k, v in sorted(lat.items())}}
+                               "latency_ms": {str(k): v for k, v in sorted(cost.items())}}
         if self.progress:
             import sys
 
