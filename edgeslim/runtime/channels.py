@@ -30,7 +30,7 @@ import platform
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -299,6 +299,18 @@ class LatencyTable:
             if data.get("format") == TABLE_FORMAT and data.get("host") == self.host:
                 self.entries = {k: dict(v) for k, v in data.get("entries", {}).items()}
 
+    _open: dict[tuple[str, str], "LatencyTable"] = {}
+
+    @classmethod
+    def open(cls, device: str = "cpu", runtime: str = "ort", path: str | os.PathLike | None = None,
+             threads: int | None = None) -> "LatencyTable":
+        """The process-wide table for this file, so that every user in one process shares measurements."""
+        resolved = Path(path) if path else default_cache_dir() / f"{device}-{runtime}.json"
+        key = (str(resolved), threads)
+        if key not in cls._open:
+            cls._open[key] = cls(device, runtime, resolved, threads)
+        return cls._open[key]
+
     def get(self, signature: str, widths: Iterable[int]) -> dict[int, float] | None:
         """Cached latencies for all of ``widths``, or None when any is missing."""
         row = self.entries.get(signature, {})
@@ -406,7 +418,7 @@ class DeviceRounding:
             raise ValueError(f"prefer must be 'more' or 'fewer', not {prefer!r}")
         self.layers = record_layers(model, example_inputs)
         self.runtime, self.device, self.threads = runtime, device, threads
-        self.table = table or LatencyTable(device=_device_name(device), runtime=runtime, threads=threads)
+        self.table = table or LatencyTable.open(device=_device_name(device), runtime=runtime, threads=threads)
         self.alignments, self.tolerance, self.prefer = tuple(sorted(alignments)), tolerance, prefer
         self.runs, self.warmup, self.progress = runs, warmup, progress
         self.decisions: dict[str, dict[str, Any]] = {}
@@ -481,32 +493,45 @@ class LatencyModel:
 
     The overlap term puts back what two groups' savings double-count in a layer that reads one
     pruned group and writes another (its cost scales with both widths), estimated from each layer's
-    share of the dense MACs. The dense latency is measured on the same runtime.
+    share of the dense MACs. ``dense_ms`` is the dense model measured on the same runtime.
     """
 
     def __init__(self, rounding: DeviceRounding, dense_ms: float):
         self.rounding, self.dense_ms = rounding, dense_ms
+        self._total_macs = sum(layer.macs() for layer in rounding.layers.values()) or 1
+        self._saving: dict[tuple[str, int], float] = {}
 
-    def estimate(self, groups: Sequence[Any], widths: dict[str, int]) -> float:
+    def saving(self, group: Any, n: int) -> float:
+        """ms saved by narrowing ``group`` to ``n`` channels, everything else dense (never negative)."""
         r = self.rounding
-        total_macs = sum(layer.macs() for layer in r.layers.values()) or 1
+        spec = r.spec(group)
+        key = (spec.signature(), n)
+        if key not in self._saving:
+            width = r._timed_as(n, spec.size)
+            full = r.table.get(spec.signature(), [spec.size]) or {}
+            narrow = r.table.get(spec.signature(), [width]) or {}
+            if spec.size not in full or width not in narrow:
+                measured = r.latencies(spec, [width, spec.size])
+                full, narrow = measured, measured
+            self._saving[key] = max(0.0, full[spec.size] - narrow[width])
+        return self._saving[key]
+
+    def estimate(self, groups: Sequence[Any], widths: Mapping[str, int]) -> float:
         saved = 0.0
-        kept_ratio: dict[int, float] = {}  # id(LayerSpec) of a layer -> fraction of its input/output kept
+        kept_ratio: dict[tuple[str, str], float] = {}
         for group in groups:
-            n = widths.get(str(group.id), group.size)
+            n = int(widths.get(str(group.id), group.size))
             if n >= group.size:
                 continue
-            spec = r.spec(group)
-            lat = r.latencies(spec, [n, spec.size])
-            saved += lat[spec.size] - lat[n]
+            saved += self.saving(group, n)
             for path in group.producer_modules():
-                kept_ratio.setdefault(("out", path), n / spec.size)
+                kept_ratio.setdefault(("out", path), n / group.size)
             for path in group.consumer_modules():
-                kept_ratio.setdefault(("in", path), n / spec.size)
-        # A layer pruned on both sides was credited (1-a)*T and (1-b)*T; it saves 1-ab: add back (1-a)(1-b)*T.
-        ms_per_mac = self.dense_ms / total_macs
+                kept_ratio.setdefault(("in", path), n / group.size)
+        # A layer narrowed on both sides was credited (1-a)T and (1-b)T but saves (1-ab)T: add back (1-a)(1-b)T.
+        ms_per_mac = self.dense_ms / self._total_macs
         overlap = 0.0
-        for path, layer in r.layers.items():
+        for path, layer in self.rounding.layers.items():
             a, b = kept_ratio.get(("in", path)), kept_ratio.get(("out", path))
             if a is not None and b is not None and not layer.depthwise:
                 overlap += (1 - a) * (1 - b) * layer.macs() * ms_per_mac

@@ -1,9 +1,18 @@
-"""A latency target on a device: prune until the MEASURED latency meets it.
+"""A latency target on a device: ``target={"latency": ms}``.
 
-``prune_to_latency`` searches the engine's channel keep ratio by bisection. Every step prunes with
-``edgeslim.prune`` (runtime-aware rounding by default) and times the slim model on the target
-runtime, interleaved with the dense model, so the answer is a measurement, not an estimate. It
-returns the step with the most channels whose latency is at or under the target.
+Two layers:
+
+* ``latency_cost_model`` is the engine's cost hook (``register_cost_model("latency")``): it
+  estimates a slim model's latency from the measured group probes of
+  :mod:`edgeslim.runtime.channels` (dense latency measured once, minus what each group's narrower
+  width saves), so the engine's solver can search channel counts without timing whole models.
+* ``prune_to_latency`` runs the engine with that target, then MEASURES the slim model (ONNX
+  Runtime, interleaved with the dense model) and, while the measurement misses the target,
+  tightens the estimate's target by the ratio it missed by and solves again. The result carries
+  the measured latency, never just the estimate.
+
+Latency is measured here with ONNX Runtime on this host's CPU (device ``cpu``). For a Jetson or GPU
+profile, time candidates on the device itself (``edgeslim bench --remote``) and pass ``measure``.
 """
 from __future__ import annotations
 
@@ -11,12 +20,13 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["prune_to_latency", "ort_latency"]
+__all__ = ["prune_to_latency", "ort_latency", "latency_cost_model"]
 
 
 def ort_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5, threads: int | None = None,
@@ -39,73 +49,85 @@ def ort_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup:
     return res["model"].latency_ms.p50, (res["reference"].latency_ms.p50 if "reference" in res else None)
 
 
+def _check_device(device: str | None) -> str:
+    device = device or "cpu"
+    if device != "cpu":
+        raise NotImplementedError(
+            f"latency targets are measured with ONNX Runtime on this host's CPU (device 'cpu'), not {device!r}: "
+            "prune for a channel/MACs target and time candidates on the device with `edgeslim bench --remote`, "
+            "or call edgeslim.runtime.target.prune_to_latency with measure= timing on the device")
+    return device
+
+
+def latency_cost_model(graph: Any, cost_model: Any, context: Mapping[str, Any]) -> Callable[[np.ndarray, Mapping[str, int]], float]:
+    """The engine's cost hook for ``target={"latency": ms}``: estimated ms of the slim model whose
+    prunable groups keep ``counts[group.id]`` channels."""
+    from .channels import DeviceRounding, LatencyModel
+
+    device = _check_device(context.get("device"))
+    model, inputs = context["model"], context["example_inputs"]
+    example = inputs if isinstance(inputs, torch.Tensor) else inputs[0]
+    rounding = context.get("rounding")
+    if not isinstance(rounding, DeviceRounding):
+        rounding = DeviceRounding(model, inputs, runtime="ort", device=device)
+    dense_ms, _ = ort_latency(model, example)
+    estimate = LatencyModel(rounding, dense_ms)
+    groups = list(graph.prunable_groups)
+
+    def cost(kept: np.ndarray, counts: Mapping[str, int]) -> float:
+        return estimate.estimate(groups, counts)
+
+    return cost
+
+
 def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], latency_ms: float, *,
-                     method: str = "l1", data: Any = None, round_to: Any = "measured", device: str = "cpu",
-                     measure: Callable[[nn.Module], float] | None = None, min_channels: float = 0.05,
-                     rel_tol: float = 0.02, max_steps: int = 10, runs: int = 30, threads: int | None = None,
-                     progress: bool = True, **prune_kwargs: Any):
-    """Prune ``model`` so that its measured latency is at most ``latency_ms``.
+                     method: str = "l1", data: Any = None, device: str = "cpu", rounding: Any = None,
+                     measure: Callable[[nn.Module], float] | None = None, attempts: int = 4, rel_tol: float = 0.03,
+                     runs: int = 30, threads: int | None = None, progress: bool = True, **prune_kwargs: Any):
+    """Prune ``model`` so that its MEASURED latency is at most ``latency_ms`` (within ``rel_tol``).
 
-    ``round_to="measured"`` rounds every group to the width the runtime executes fastest
-    (:class:`~edgeslim.runtime.channels.DeviceRounding` on ONNX Runtime, this CPU); any other value
-    is handed to ``edgeslim.prune`` unchanged. ``measure(slim_model) -> ms`` replaces the default
-    measurement (ONNX Runtime on this CPU), e.g. to time on a remote device.
-
-    Returns the engine's PruneResult with ``achieved["latency_ms"]`` and ``achieved["dense_latency_ms"]``
-    set. Raises ValueError naming the closest reachable latency when the target cannot be met.
+    ``rounding``: the engine's ``round_to`` (default: a :class:`DeviceRounding` on ONNX Runtime, this
+    CPU, sharing its measurements with the estimate). ``measure(slim) -> ms`` replaces the default
+    measurement. Returns the engine's PruneResult; ``achieved`` gains ``latency_ms`` (measured),
+    ``latency_estimate_ms`` and ``dense_latency_ms``; a note says so when the target was missed.
     """
     import edgeslim
 
+    from .channels import DeviceRounding
+
     if latency_ms <= 0:
         raise ValueError(f"latency target must be positive (got {latency_ms} ms)")
+    device = _check_device(device) if measure is None else device
     example = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
-    if round_to == "measured":
-        from .channels import DeviceRounding
+    rounding = rounding or DeviceRounding(model, example_inputs, runtime="ort", device="cpu", threads=threads)
 
-        round_to = DeviceRounding(model, example_inputs, runtime="ort", device=device, threads=threads)
+    first_dense: list[float] = []
 
-    dense_ms = None
-
-    def timed(slim: nn.Module) -> float:
-        nonlocal dense_ms
+    def timed(slim: nn.Module) -> tuple[float, float | None]:
         if measure is not None:
-            return float(measure(slim))
-        ms, ref = ort_latency(slim, example, runs=runs, threads=threads, reference=model)
+            return float(measure(slim)), None
+        ms, dense = ort_latency(slim, example, runs=runs, threads=threads, reference=model)
         # The dense model is re-timed beside every candidate: a busy machine slows both alike, so
-        # the candidate's latency is taken relative to the dense model's first measurement.
-        dense_ms = dense_ms or ref
-        return ms * dense_ms / ref
+        # the candidate is scaled to the dense model's first measurement.
+        first_dense.append(dense)
+        return ms * first_dense[0] / dense, first_dense[0]
 
-    def log(msg: str) -> None:
+    goal, best = latency_ms, None
+    for attempt in range(attempts):
+        result = edgeslim.prune(model, example_inputs, method=method, target={"latency": goal}, data=data,
+                                round_to=rounding, device=device, progress=False, **prune_kwargs)
+        ms, dense = timed(result.model)
         if progress:
-            print(msg, file=sys.stderr)
-
-    def attempt(keep: float):
-        result = edgeslim.prune(model, example_inputs, method=method, target={"channels": keep}, data=data,
-                                round_to=round_to, progress=False, **prune_kwargs)
-        ms = timed(result.model)
-        log(f"  channels {keep:.3f}: {ms:.3f} ms (target {latency_ms:.3f} ms)")
-        return result, ms
-
-    best = None
-    lo_result, lo_ms = attempt(min_channels)
-    if lo_ms > latency_ms * (1 + rel_tol):
-        raise ValueError(f"latency target {latency_ms:.3f} ms is out of reach: keeping {min_channels:.0%} of the "
-                         f"channels still takes {lo_ms:.3f} ms (dense {dense_ms or float('nan'):.3f} ms); "
-                         f"the closest reachable latency is about {lo_ms:.3f} ms")
-    best = (min_channels, lo_result, lo_ms)
-    lo, hi = min_channels, 1.0
-    for _ in range(max_steps):
-        mid = (lo + hi) / 2
-        result, ms = attempt(mid)
-        if ms <= latency_ms:
-            lo, best = mid, (mid, result, ms)
-        else:
-            hi = mid
-        if hi - lo < 0.01:
+            print(f"latency target {latency_ms:.3f} ms: estimate <= {goal:.3f} ms gave {ms:.3f} ms measured",
+                  file=sys.stderr)
+        if best is None or (ms <= latency_ms * (1 + rel_tol)) or ms < best[1]:
+            best = (result, ms, goal, dense)
+        if ms <= latency_ms * (1 + rel_tol):
             break
-    keep, result, ms = best
-    achieved = dict(getattr(result, "achieved", {}) or {})
-    achieved.update({"latency_ms": ms, "dense_latency_ms": dense_ms, "channels_target": keep})
-    result.achieved = achieved
+        goal *= latency_ms / ms  # the estimate was optimistic by ms / goal: ask it for less
+    result, ms, goal, dense = best
+    result.achieved = {**result.achieved, "latency_ms": ms, "latency_estimate_ms": goal, "dense_latency_ms": dense}
+    if ms > latency_ms * (1 + rel_tol):
+        result.notes = [*getattr(result, "notes", []),
+                        f"latency: measured {ms:.3f} ms for a target of {latency_ms:.3f} ms after {attempts} attempts"]
     return result
