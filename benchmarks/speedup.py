@@ -68,7 +68,7 @@ def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding) 
 
 
 def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: int, threads: int | None,
-        table_path: str | None, log) -> list[dict]:
+        table_path: str | None, log, probe_runs: int = 30) -> list[dict]:
     rows = []
     for name in models:
         torch.manual_seed(0)
@@ -76,7 +76,8 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
         dense = torchvision.models.get_model(name, weights=None).eval()
         table = LatencyTable(device="cpu", runtime="ort", threads=threads,
                              path=table_path or Path(tempfile.mkdtemp(prefix="edgeslim-speedup-")) / "cpu-ort.json")
-        rounding = DeviceRounding(dense, example, runtime="ort", device="cpu", table=table, threads=threads)
+        rounding = DeviceRounding(dense, example, runtime="ort", device="cpu", table=table, threads=threads,
+                                  runs=probe_runs)
         variants: dict[str, tuple[nn.Module, dict]] = {"dense": (dense, {})}
         timing = {}
         for r in ratios:
@@ -143,11 +144,13 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
-    p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 64x64, r=0.5, few runs")
+    p.add_argument("--probe-runs", type=int, default=30, help="timed runs per width when probing a channel group")
+    p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)
     if args.quick:
-        args.models, args.ratios, args.input, args.runs, args.warmup = "resnet18,mobilenet_v2", "0.5", 64, 10, 2
+        args.models, args.ratios, args.input, args.runs, args.warmup = "resnet18,mobilenet_v2", "0.5", 32, 10, 2
+        args.probe_runs = 10
     try:
         import edgeslim
 
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     rows = run(args.models.split(","), [float(r) for r in args.ratios.split(",")], args.input, args.runs,
-               args.warmup, args.threads, args.table, log)
+               args.warmup, args.threads, args.table, log, args.probe_runs)
     meta = {"runtime": "onnxruntime-cpu", "batch": 1, "input": [1, 3, args.input, args.input], "runs": args.runs,
             "warmup": args.warmup, "threads": args.threads, "goal": f"speedup >= {GOAL} x macs_reduction",
             "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "torchvision": torchvision.__version__}
