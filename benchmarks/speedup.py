@@ -68,7 +68,7 @@ def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding) 
 
 
 def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: int, threads: int | None,
-        table_path: str | None, log, probe_runs: int = 30) -> list[dict]:
+        table_path: str | None, log, probe_runs: int = 20) -> list[dict]:
     rows = []
     for name in models:
         torch.manual_seed(0)
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
-    p.add_argument("--probe-runs", type=int, default=30, help="timed runs per width when probing a channel group")
+    p.add_argument("--probe-runs", type=int, default=20, help="timed runs per width when probing a channel group")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)

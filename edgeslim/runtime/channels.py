@@ -41,7 +41,7 @@ __all__ = ["LayerSpec", "GroupSpec", "LatencyTable", "DeviceRounding", "LatencyM
 
 TABLE_FORMAT = 1
 # Bumped whenever the probe network changes, so that old measurements are not reused.
-PROBE_VERSION = 2
+PROBE_VERSION = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,12 +133,16 @@ class GroupSpec:
     producers: layers whose output channels are the group (conv / linear, not depthwise)
     passthrough: depthwise convolutions inside the group (their input and output are the group)
     consumers: layers whose input channels are (or, for a linear layer after a flatten, contain) the group
+    Identical layers (the same shapes, e.g. the blocks of one ResNet stage) are listed once;
+    ``repeats`` says how often each occurs (producers, then passthrough, then consumers). The probe
+    times each distinct layer once, which decides widths as well and costs a fraction of the time.
     """
 
     size: int
     producers: tuple[LayerSpec, ...]
     passthrough: tuple[LayerSpec, ...] = ()
     consumers: tuple[LayerSpec, ...] = ()
+    repeats: tuple[int, ...] = ()
 
     @classmethod
     def from_modules(cls, layers: dict[str, LayerSpec], size: int, producers: Iterable[str],
@@ -150,20 +154,20 @@ class GroupSpec:
         if missing:
             raise ValueError(f"layers {missing} did not run on the example input (or are not Conv2d/Linear)")
         order = list(layers)
-        prod, thru, cons = [], [], []
+        roles: dict[str, dict[LayerSpec, int]] = {"prod": {}, "thru": {}, "cons": {}}
         for path in sorted(producers | consumers, key=order.index):
             spec = layers[path]
             if path in producers and path in consumers:
                 if not spec.depthwise:
                     raise ValueError(f"{path} both produces and consumes a group but is not depthwise")
-                thru.append(spec)
-            elif path in producers:
-                prod.append(spec)
+                role = "thru"
             else:
-                cons.append(spec)
-        if not prod and not thru:
+                role = "prod" if path in producers else "cons"
+            roles[role][spec] = roles[role].get(spec, 0) + 1
+        if not roles["prod"] and not roles["thru"]:
             raise ValueError("a channel group needs at least one producer layer")
-        return cls(size, tuple(prod), tuple(thru), tuple(cons))
+        repeats = tuple(c for r in ("prod", "thru", "cons") for c in roles[r].values())
+        return cls(size, tuple(roles["prod"]), tuple(roles["thru"]), tuple(roles["cons"]), repeats)
 
     @classmethod
     def from_group(cls, layers: dict[str, LayerSpec], group: Any) -> "GroupSpec":
@@ -171,8 +175,10 @@ class GroupSpec:
         return cls.from_modules(layers, int(group.size), group.producer_modules(), group.consumer_modules())
 
     def signature(self) -> str:
-        """A stable key: the same layers in another model share measurements."""
-        text = json.dumps({"probe": PROBE_VERSION, **asdict(self)}, sort_keys=True)
+        """A stable key for the probe: groups with the same distinct layers share measurements."""
+        d = asdict(self)
+        d.pop("repeats")
+        text = json.dumps({"probe": PROBE_VERSION, **d}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def probe(self, n: int) -> "GroupProbe":
@@ -185,8 +191,16 @@ class GroupSpec:
             inputs.append(torch.randn(1, self.size, *self.passthrough[0].input_hw))
         return tuple(inputs)
 
-    def macs(self, n: int) -> int:
-        return sum(layer.macs() for layer in GroupProbe.layer_specs(self, n))
+    def macs(self, n: int, distinct: bool = False) -> int:
+        """MACs of the group's layers at width ``n`` (each distinct layer once with ``distinct``)."""
+        layers = GroupProbe.layer_specs(self, n)
+        reps = [1] * len(layers) if distinct or not self.repeats else self.repeats
+        return sum(r * layer.macs() for r, layer in zip(reps, layers))
+
+    def repeat_scale(self) -> float:
+        """How much more the whole group costs than its probe (MACs of all layers / of the distinct ones)."""
+        distinct = self.macs(self.size, distinct=True)
+        return self.macs(self.size) / distinct if distinct else 1.0
 
 
 class GroupProbe(nn.Module):
@@ -358,7 +372,7 @@ def _write_temp_onnx(data: bytes) -> str:
 
 
 def probe_latency(spec: GroupSpec, widths: Sequence[int], runtime: str = "ort", device: str = "cpu",
-                  runs: int = 40, warmup: int = 5, threads: int | None = None, quantile: float = 10) -> dict[int, float]:
+                  runs: int = 20, warmup: int = 3, threads: int | None = None, quantile: float = 10) -> dict[int, float]:
     """Latency (ms) of the group's probe at each width, all widths interleaved in one process.
 
     The statistic is a low percentile (``quantile``, default the 10th): on a busy machine other
@@ -412,7 +426,7 @@ class DeviceRounding:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], runtime: str = "ort",
                  device: str = "cpu", table: LatencyTable | None = None, alignments: Sequence[int] = (8, 16, 32),
-                 tolerance: float = 0.02, prefer: str = "more", runs: int = 30, warmup: int = 5,
+                 tolerance: float = 0.02, prefer: str = "more", runs: int = 20, warmup: int = 3,
                  threads: int | None = None, progress: bool = False):
         if prefer not in ("more", "fewer"):
             raise ValueError(f"prefer must be 'more' or 'fewer', not {prefer!r}")
@@ -513,7 +527,7 @@ class LatencyModel:
             if spec.size not in full or width not in narrow:
                 measured = r.latencies(spec, [width, spec.size])
                 full, narrow = measured, measured
-            self._saving[key] = max(0.0, full[spec.size] - narrow[width])
+            self._saving[key] = max(0.0, full[spec.size] - narrow[width]) * spec.repeat_scale()
         return self._saving[key]
 
     def estimate(self, groups: Sequence[Any], widths: Mapping[str, int]) -> float:
