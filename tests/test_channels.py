@@ -141,3 +141,36 @@ def test_latency_model_estimates_a_narrowed_model(tmp_path):
     assert estimate < dense_ms
     assert abs(estimate / dense_ms - slim_ms / dense_ms) < 0.25, (estimate, slim_ms, dense_ms)
     assert model.estimate(groups, {}) == dense_ms
+
+
+def test_probes_of_every_group_of_real_networks_export_and_run():
+    """Probes for groups with pooling between producers (a ResNet stem coupled to its first stage),
+    flattened linear consumers (VGG) and depthwise layers (MobileNetV2) build, export and run."""
+    import io
+    import warnings
+
+    cases = {
+        "resnet18": (["conv1", "layer1.0.conv2", "layer1.1.conv2"],
+                     ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0"], 64),
+        "vgg11": (["features.18"], ["classifier.0"], 512),
+        "mobilenet_v2": (["features.17.conv.0.0", "features.17.conv.1.0"],
+                         ["features.17.conv.1.0", "features.17.conv.2"], 960),
+    }
+    for name, (producers, consumers, size) in cases.items():
+        model = torchvision.models.get_model(name)
+        layers = record_layers(model, torch.randn(1, 3, 64, 64))
+        spec = GroupSpec.from_modules(layers, size, producers, consumers)
+        probe = spec.probe(size // 2 - 3).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(probe, spec.example_inputs(), io.BytesIO(), opset_version=17, dynamo=False)
+        outs = probe(*spec.example_inputs())
+        assert all(torch.isfinite(o).all() for o in outs), name
+    assert spec.repeat_scale() == 1.0
+    resnet = GroupSpec.from_modules(record_layers(torchvision.models.resnet50(), torch.randn(1, 3, 64, 64)), 256,
+                                    ["layer1.0.conv3", "layer1.0.downsample.0", "layer1.1.conv3", "layer1.2.conv3"],
+                                    ["layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1", "layer2.0.downsample.0"])
+    # The three conv3 and the stride-1 downsample have one shape, and so have two of the conv1: probed
+    # once each, counted as often as they occur.
+    assert len(resnet.producers) == 1 and len(resnet.consumers) == 3 and resnet.repeats == (4, 2, 1, 1)
+    assert resnet.repeat_scale() > 1.5

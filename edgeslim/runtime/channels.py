@@ -41,7 +41,7 @@ __all__ = ["LayerSpec", "GroupSpec", "LatencyTable", "DeviceRounding", "LatencyM
 
 TABLE_FORMAT = 1
 # Bumped whenever the probe network changes, so that old measurements are not reused.
-PROBE_VERSION = 3
+PROBE_VERSION = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +244,12 @@ class GroupProbe(nn.Module):
     def forward(self, *xs: torch.Tensor):
         if self.producers:
             outs = [F.relu(p(x)) for p, x in zip(self.producers, xs)]
-            t = outs[0]
+            # Producers coupled by a residual add share one resolution; where the model pools in
+            # between (a stem before its max-pool), meet at the smallest.
+            hw = min((tuple(o.shape[-2:]) for o in outs if o.dim() == 4), default=None)
+            t = _resize(outs[0], hw)
             for o in outs[1:]:
-                t = t + (o if o.shape == t.shape else F.adaptive_avg_pool2d(o, t.shape[-2:]))
+                t = t + _resize(o, hw)
         else:
             t = xs[0]
         for layer in self.passthrough:
@@ -255,16 +258,25 @@ class GroupProbe(nn.Module):
         for layer, spec in zip(self.consumers, self._consumer_specs):
             x = t
             if spec.kind == "conv":
-                if x.dim() == 2:
-                    x = x[:, :, None, None]
-                if tuple(x.shape[-2:]) != spec.input_hw:
-                    x = F.adaptive_avg_pool2d(x, spec.input_hw)
-            elif x.dim() == 4:
+                x = _resize(x[:, :, None, None] if x.dim() == 2 else x, spec.input_hw)
+                results.append(F.max_pool2d(layer(x), 1))
+                continue
+            if x.dim() == 4:
                 per_channel = spec.in_channels // self.n
-                x = F.adaptive_avg_pool2d(x, (1, per_channel)).flatten(1)
-            y = layer(x)
-            results.append(F.max_pool2d(y, 1) if spec.kind == "conv" else y)
+                x = x.flatten(1) if x.shape[-2] * x.shape[-1] == per_channel else x.mean((2, 3)).repeat(1, per_channel)
+            results.append(layer(x))
         return tuple(results) if results else t
+
+
+def _resize(x: torch.Tensor, hw: tuple[int, int] | None) -> torch.Tensor:
+    """``x`` at spatial size ``hw``: average pooling when it divides evenly (what models do between
+    stages), nearest resizing otherwise; the cost is small next to the convolutions either way."""
+    if hw is None or x.dim() != 4 or tuple(x.shape[-2:]) == tuple(hw):
+        return x
+    h, w = x.shape[-2:]
+    if h % hw[0] == 0 and w % hw[1] == 0:
+        return F.avg_pool2d(x, (h // hw[0], w // hw[1]))
+    return F.interpolate(x, size=tuple(hw), mode="nearest")
 
 
 # ---------------------------------------------------------------------------------------------
