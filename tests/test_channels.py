@@ -1,6 +1,8 @@
 """Runtime-aware channel counts: probes, the cached latency table, and the rounding they drive."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 import torchvision
@@ -174,3 +176,33 @@ def test_probes_of_every_group_of_real_networks_export_and_run():
     # once each, counted as often as they occur.
     assert len(resnet.producers) == 1 and len(resnet.consumers) == 3 and resnet.repeats == (4, 2, 1, 1)
     assert resnet.repeat_scale() > 1.5
+
+
+def test_sliced_onnx_probe_equals_the_probe_at_that_width():
+    """The ONNX probe at width n (sliced from the full-width export) computes what the PyTorch probe
+    at width n computes with the same weights."""
+    import onnxruntime as ort
+
+    from edgeslim.runtime.channels import OnnxProbe
+
+    model = torchvision.models.mobilenet_v2()
+    layers = record_layers(model, torch.randn(1, 3, 64, 64))
+    for producers, consumers, size in ((["features.2.conv.0.0", "features.2.conv.1.0"], ["features.2.conv.2"], 96),
+                                       (["features.18.0"], ["classifier.1"], 1280)):
+        spec = GroupSpec.from_modules(layers, size, producers, consumers)
+        template = OnnxProbe(spec)
+        for n in (size, size // 2 + 3):
+            sess = ort.InferenceSession(template.model(n), providers=["CPUExecutionProvider"])
+            feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), template.inputs)}
+            got = sess.run(None, feeds)[0]
+            # The PyTorch probe at width n with the exported full-width weights, sliced the same way.
+            from onnx import numpy_helper
+
+            weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in template.proto.graph.initializer}
+            small = spec.probe(n)
+            small.load_state_dict({name: weights[name].narrow(template.slices[name][0], 0, n * template.slices[name][1])
+                                   if name in template.slices else weights[name] for name in small.state_dict()})
+            with torch.no_grad():
+                want = small.eval()(*template.inputs)[0].numpy()
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -157,10 +157,10 @@ class GroupSpec:
         roles: dict[str, dict[LayerSpec, int]] = {"prod": {}, "thru": {}, "cons": {}}
         for path in sorted(producers | consumers, key=order.index):
             spec = layers[path]
-            if path in producers and path in consumers:
-                if not spec.depthwise:
-                    raise ValueError(f"{path} both produces and consumes a group but is not depthwise")
+            if spec.depthwise:  # its input and output channels are the same group, however it is listed
                 role = "thru"
+            elif path in producers and path in consumers:
+                raise ValueError(f"{path} both produces and consumes a group but is not depthwise")
             else:
                 role = "prod" if path in producers else "cons"
             roles[role][spec] = roles[role].get(spec, 0) + 1
@@ -355,21 +355,82 @@ class LatencyTable:
         return self.path
 
 
+class OnnxProbe:
+    """A group's probe exported to ONNX once, at full width; a narrower width is the same graph with
+    the group's channels sliced off the weights (no re-export, which would dominate probing time)."""
+
+    def __init__(self, spec: GroupSpec):
+        import onnx
+
+        self.spec = spec
+        probe = spec.probe(spec.size).eval()
+        self.inputs = spec.example_inputs()
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(probe, self.inputs, buf, opset_version=17, dynamo=False)
+        self.proto = onnx.load_from_string(buf.getvalue())
+        # initializer -> (axis carrying the group's channels, entries per channel along it)
+        self.slices: dict[str, tuple[int, int]] = {}
+        for name, _ in probe.named_parameters():
+            role, index, kind = name.split(".")
+            if role in ("producers", "passthrough"):
+                self.slices[name] = (0, 1)
+            elif kind == "weight":
+                layer = spec.consumers[int(index)]
+                self.slices[name] = (1, layer.in_channels // spec.size if layer.kind == "linear" else 1)
+        names = {i.name for i in self.proto.graph.initializer}
+        if not set(self.slices) <= names:
+            raise RuntimeError(f"probe export renamed parameters: {sorted(set(self.slices) - names)}")
+        self.depthwise_nodes = [node.name for node in self.proto.graph.node
+                                if node.op_type == "Conv" and node.input[1].startswith("passthrough.")]
+
+    def model(self, n: int) -> bytes:
+        import onnx
+        from onnx import helper, numpy_helper
+
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        graph = proto.graph
+        for k, init in enumerate(graph.initializer):
+            if init.name in self.slices:
+                axis, per = self.slices[init.name]
+                array = numpy_helper.to_array(init).take(range(n * per), axis=axis)
+                graph.initializer[k].CopyFrom(numpy_helper.from_array(array, init.name))
+        for node in graph.node:
+            if node.name in self.depthwise_nodes:
+                for attr in node.attribute:
+                    if attr.name == "group":
+                        attr.i = n
+        del graph.value_info[:]  # shapes recorded at full width; the runtime infers them again
+        outputs = [helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None) for o in graph.output]
+        del graph.output[:]
+        graph.output.extend(outputs)
+        return proto.SerializeToString()
+
+
+_TEMPLATES: dict[str, OnnxProbe] = {}
+
+
+def _onnx_probe(spec: GroupSpec) -> OnnxProbe:
+    sig = spec.signature()
+    if sig not in _TEMPLATES:
+        if len(_TEMPLATES) >= 4:  # full-width probes can be large (a VGG classifier): keep a few
+            _TEMPLATES.pop(next(iter(_TEMPLATES)))
+        _TEMPLATES[sig] = OnnxProbe(spec)
+    return _TEMPLATES[sig]
+
+
 def _probe_runner(spec: GroupSpec, n: int, runtime: str, device: str, threads: int | None):
     from .runners import OrtRunner, TorchRunner
 
-    probe = spec.probe(n).eval()
-    inputs = spec.example_inputs()
     if runtime == "torch":
-        return TorchRunner(probe, inputs, device=device)
+        return TorchRunner(spec.probe(n).eval(), spec.example_inputs(), device=device)
     if runtime != "ort":
         raise ValueError(f"latency probes run on torch or ort, not {runtime!r}")
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(probe, inputs, buf, opset_version=17, dynamo=False)
-    path = _write_temp_onnx(buf.getvalue())
-    runner = OrtRunner(path, inputs=[x.numpy() for x in inputs], device=device, threads=threads)
+    template = _onnx_probe(spec)
+    path = _write_temp_onnx(template.model(n))
+    runner = OrtRunner(path, inputs=[x.numpy() for x in template.inputs], device=device, threads=threads)
     runner._temp_path = path
     return runner
 
