@@ -36,6 +36,7 @@ from torch import nn
 
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
+from edgeslim.models import build_model
 from edgeslim.runtime import OrtRunner, benchmark
 from edgeslim.runtime.channels import DeviceRounding, LatencyTable
 
@@ -73,7 +74,7 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
     for name in models:
         torch.manual_seed(0)
         example = torch.randn(1, 3, side, side)
-        dense = torchvision.models.get_model(name, weights=None).eval()
+        dense = build_model(name if ":" in name else f"torchvision:{name}").eval()
         table = LatencyTable(device="cpu", runtime="ort", threads=threads,
                              path=table_path or Path(tempfile.mkdtemp(prefix="edgeslim-speedup-")) / "cpu-ort.json")
         rounding = DeviceRounding(dense, example, runtime="ort", device="cpu", table=table, threads=threads,
@@ -137,7 +138,8 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="resnet50,mobilenet_v2")
+    p.add_argument("--models", default="resnet50,mobilenet_v2",
+                   help="torchvision names (or edgeslim spellings such as zoo:resnet56), comma-separated")
     p.add_argument("--ratios", default="0.3,0.5,0.7", help="channel ratios r (tp: removed; ours: 1-r kept)")
     p.add_argument("--input", type=int, default=224, help="input side (default 224)")
     p.add_argument("--runs", type=int, default=100)
@@ -145,12 +147,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
     p.add_argument("--probe-runs", type=int, default=20, help="timed runs per width when probing a channel group")
-    p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
+    p.add_argument("--quick", action="store_true", help="smoke run: zoo:resnet20 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)
     if args.quick:
-        args.models, args.ratios, args.input, args.runs, args.warmup = "resnet18,mobilenet_v2", "0.5", 32, 10, 2
-        args.probe_runs = 10
+        args.models, args.ratios, args.input, args.runs, args.warmup = "zoo:resnet20,mobilenet_v2", "0.5", 32, 10, 2
+        args.probe_runs = 5
     try:
         import edgeslim
 
