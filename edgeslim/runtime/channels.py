@@ -41,7 +41,7 @@ __all__ = ["LayerSpec", "GroupSpec", "LatencyTable", "DeviceRounding", "LatencyM
 
 TABLE_FORMAT = 1
 # Bumped whenever the probe network changes, so that old measurements are not reused.
-PROBE_VERSION = 4
+PROBE_VERSION = 5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,9 +261,14 @@ class GroupProbe(nn.Module):
                 x = _resize(x[:, :, None, None] if x.dim() == 2 else x, spec.input_hw)
                 results.append(F.max_pool2d(layer(x), 1))
                 continue
-            if x.dim() == 4:
+            if x.dim() == 4:  # the model pools or flattens before a linear layer
                 per_channel = spec.in_channels // self.n
-                x = x.flatten(1) if x.shape[-2] * x.shape[-1] == per_channel else x.mean((2, 3)).repeat(1, per_channel)
+                if per_channel == 1:
+                    x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # global pooling, as classifiers do
+                elif x.shape[-2] * x.shape[-1] == per_channel:
+                    x = x.flatten(1)
+                else:
+                    x = F.adaptive_avg_pool2d(x, 1).flatten(1).repeat(1, per_channel)
             results.append(layer(x))
         return tuple(results) if results else t
 
