@@ -536,7 +536,7 @@ class DeviceRounding:
         self.table.save()
         return measured
 
-    def _timed_as(self, w: int, size: int) -> int:
+    def timed_as(self, w: int, size: int) -> int:
         """The width whose measurement stands for ``w``: itself when aligned (or the full group),
         else its bucket's representative."""
         step = self.alignments[0]
@@ -551,7 +551,7 @@ class DeviceRounding:
             if len(widths) == 1:
                 self._memo[key] = (n, {})
             else:
-                timed_as = {w: self._timed_as(w, spec.size) for w in widths}
+                timed_as = {w: self.timed_as(w, spec.size) for w in widths}
                 lat = self.latencies(spec, timed_as.values())
                 cost = {w: lat[timed_as[w]] for w in widths}
                 best = min(cost.values())
@@ -599,7 +599,7 @@ class LatencyModel:
         spec = r.spec(group)
         key = (spec.signature(), n)
         if key not in self._saving:
-            width = r._timed_as(n, spec.size)
+            width = r.timed_as(n, spec.size)
             full = r.table.get(spec.signature(), [spec.size]) or {}
             narrow = r.table.get(spec.signature(), [width]) or {}
             if spec.size not in full or width not in narrow:
