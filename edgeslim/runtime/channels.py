@@ -551,9 +551,9 @@ class DeviceRounding:
             if len(widths) == 1:
                 self._memo[key] = (n, {})
             else:
-                timed_as = {w: self.timed_as(w, spec.size) for w in widths}
-                lat = self.latencies(spec, timed_as.values())
-                cost = {w: lat[timed_as[w]] for w in widths}
+                stand_in = {w: self.timed_as(w, spec.size) for w in widths}
+                lat = self.latencies(spec, stand_in.values())
+                cost = {w: lat[stand_in[w]] for w in widths}
                 best = min(cost.values())
                 fast = [w for w in widths if cost[w] <= best * (1 + self.tolerance)]
                 self._memo[key] = (max(fast) if self.prefer == "more" else min(fast), cost)
