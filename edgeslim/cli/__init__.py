@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # Adding a command = adding a module with add_parser(subparsers) and listing it here.
-COMMANDS = ["demo", "train", "inspect", "bench", "report"]
+COMMANDS = ["demo", "train", "inspect", "prune", "bench", "report"]
 
 
 def to_jsonable(obj: Any) -> Any:
