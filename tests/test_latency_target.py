@@ -46,3 +46,10 @@ def test_latency_target_is_met_as_measured(cache):
     # An impossible target names the closest reachable latency.
     with pytest.raises(ValueError, match="closest reachable is latency="):
         edgeslim.prune(model, X, target={"latency": dense_ms / 1000}, device="cpu", progress=False)
+
+
+def test_latency_target_without_a_device_is_a_clear_error(tmp_path, capsys):
+    from edgeslim.cli import main
+
+    assert main(["prune", "zoo:resnet20", "--target", "latency=3ms", "-o", str(tmp_path)]) == 2
+    assert "--device cpu" in capsys.readouterr().err

@@ -111,3 +111,17 @@ def test_report_of_a_folder_without_results_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edgeslim", "report", str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "report.json" in proc.stderr
+
+
+def test_prune_command_writes_the_reports(tmp_path, capsys):
+    from edgeslim.cli import main
+
+    assert main(["prune", "zoo:resnet20", "--target", "channels=0.5", "-o", str(tmp_path), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    html = open(r["report_html"]).read()
+    assert 'id="plot-widths"' in html and "data:image/png;base64," in html
+    assert "| MACs |" in open(r["report"]).read()
+    saved = json.load(open(tmp_path / "report.json"))
+    widths = {l["name"]: l["output_shape"][1] for l in saved["layers"]["slim"]}
+    dense = {l["name"]: l["output_shape"][1] for l in saved["layers"]["dense"]}
+    assert widths["layer1.0.conv1"] < dense["layer1.0.conv1"]  # the widths before and after are both there

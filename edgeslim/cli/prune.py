@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--round-to", help="keep channel counts multiples of N, or 'device' (the --device profile's)")
-    p.add_argument("--device", help="device profile (for --round-to device)")
+    p.add_argument("--device", help="device profile (for --round-to device; 'cpu' measures this host's CPU, also for "
+                                    "--target latency=Xms)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="MODULE",
                    help="module paths whose channels are kept as they are")
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")
@@ -78,6 +79,13 @@ def run(args) -> dict:
                            meta={**loaded.meta, "method": args.method, "target": args.target, "data": args.data,
                                  "accuracy": out["slim"].get("accuracy")})
     out["checkpoint"], out["plan"] = str(ckpt), str(plan_path)
+    # report.json / report.md / report.html with the per-layer widths before and after.
+    from ..metrics import count
+    from ..report import write_report
+
+    paths = write_report(run_dir, out, count(model, example).layers, count(slim.eval(), example).layers,
+                         title=f"edgeslim prune: {args.model}, {args.method} to {args.target}")
+    out["report"], out["report_html"] = paths["markdown"], paths["html"]
     return out
 
 
@@ -97,4 +105,4 @@ def render(r: dict) -> None:
     print(f"time: scoring {t['scoring_s']:.1f} s, surgery {t['surgery_s']:.1f} s, fine-tuning {t['finetune_s']:.1f} s")
     for note in r["notes"]:
         print(f"note: {note}")
-    print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}")
+    print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}\nreport: {r['report_html']}")

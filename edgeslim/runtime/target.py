@@ -52,7 +52,9 @@ def ort_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup:
 
 
 def _check_device(device: str | None) -> str:
-    device = device or "cpu"
+    if device is None:
+        raise ValueError("a latency target needs the device it is measured on: device='cpu' (CLI --device cpu) "
+                         "times ONNX Runtime on this host's CPU")
     if device != "cpu":
         raise NotImplementedError(
             f"latency targets are measured with ONNX Runtime on this host's CPU (device 'cpu'), not {device!r}: "
