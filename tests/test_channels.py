@@ -145,6 +145,7 @@ def test_latency_model_estimates_a_narrowed_model(tmp_path):
     assert model.estimate(groups, {}) == dense_ms
 
 
+@pytest.mark.slow
 def test_probes_of_every_group_of_real_networks_export_and_run():
     """Probes for groups with pooling between producers (a ResNet stem coupled to its first stage),
     flattened linear consumers (VGG) and depthwise layers (MobileNetV2) build, export and run."""

@@ -110,15 +110,16 @@ def test_unknown_host_key_is_refused(sshd, model_onnx, tmp_path):
         remote_bench(model_onnx, target, runs=2)
 
 
-def test_bench_cli_remote(sshd, model_onnx):
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgeslim", "bench", model_onnx, "--runs", "5", "--warmup", "1", "--json",
-         "--remote", f"{sshd['user']}@127.0.0.1", "--ssh-port", str(sshd["port"]), "--ssh-key", sshd["identity_file"],
-         "--ssh-known-hosts", sshd["known_hosts_file"], "--ssh-strict", "yes", "--ssh-option", "LogLevel=ERROR",
-         "--remote-python", sys.executable],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    r = json.loads(proc.stdout)
+def test_bench_cli_remote(sshd, model_onnx, capsys):
+    from edgeslim.cli import main  # in-process here; the remote side runs `python -m edgeslim bench`
+
+    code = main(["bench", model_onnx, "--runs", "5", "--warmup", "1", "--json",
+                 "--remote", f"{sshd['user']}@127.0.0.1", "--ssh-port", str(sshd["port"]), "--ssh-key",
+                 sshd["identity_file"], "--ssh-known-hosts", sshd["known_hosts_file"], "--ssh-strict", "yes",
+                 "--ssh-option", "LogLevel=ERROR", "--remote-python", sys.executable])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    r = json.loads(out.out)
     assert r["runs"] == 5 and r["remote"]["port"] == sshd["port"] and {"p50", "p90", "p99"} <= set(r["latency_ms"])
 
 

@@ -25,7 +25,7 @@ def onnx_pair(tmp_path_factory):
     paths = {}
     for name, width in (("small", 16), ("big", 64)):
         model = CifarResNet(20, width=width).eval()
-        paths[name] = export_onnx(model, example, folder / f"{name}.onnx").path
+        paths[name] = export_onnx(model, example, folder / f"{name}.onnx", simplify=False).path
     return paths
 
 
@@ -145,9 +145,11 @@ def test_bench_cli_json(onnx_pair):
     assert small["speedup"] > 2
 
 
-def test_bench_cli_torch_and_errors():
-    proc = _cli("bench", "zoo:resnet20", "--runtime", "torch", "--runs", "5", "--threads", "1", "--json")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["runtime"] == "torch"
-    proc = _cli("bench", "zoo:resnet20", "--device", "no-such-board")
-    assert proc.returncode == 2 and "no-such-board" in proc.stderr and "Traceback" not in proc.stderr
+def test_bench_cli_torch_and_errors(capsys):
+    from edgeslim.cli import main  # in-process: the same parser and run() without another interpreter start-up
+
+    assert main(["bench", "zoo:resnet20", "--runtime", "torch", "--runs", "5", "--threads", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "torch"
+    assert main(["bench", "zoo:resnet20", "--device", "no-such-board"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-board" in err and "Traceback" not in err

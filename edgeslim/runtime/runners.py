@@ -31,11 +31,25 @@ __all__ = ["Runner", "TorchRunner", "OrtRunner", "TensorRTRunner", "ort_provider
 RUNTIMES = ("torch", "ort", "trt")
 
 
+def _return_free_memory() -> None:
+    """Hand memory that earlier work freed back to the OS (glibc keeps it otherwise), so that a model
+    loaded next shows up as a rise in resident memory instead of quietly reusing those pages."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the rise may then be understated
+        pass
+
+
 class _PeakRSS:
     """Samples this process's resident memory in a background thread; ``peak`` is the highest reading."""
 
     def __init__(self, interval_s: float = 0.0005):
         self.interval_s = interval_s
+        _return_free_memory()
         self.peak = self.baseline = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
