@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="digits | cifar10:ROOT | cifar100:ROOT | imagefolder:ROOT (calibration, accuracy, "
                                   "fine-tuning)")
     p.add_argument("--round-to", help="keep channel counts multiples of N, or 'device' (the --device profile's)")
-    p.add_argument("--device", help="device profile (for --round-to device)")
+    p.add_argument("--device", help="device profile (for --round-to device; 'cpu' measures this host's CPU, also for "
+                                    "--target latency=Xms)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="MODULE",
                    help="module paths whose channels are kept as they are")
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")
@@ -107,6 +108,13 @@ def run(args) -> dict:
                                 meta={**meta, "accuracy": out["slim"].get("accuracy")}, masks=masks)
         dist.barrier()
     out["checkpoint"], out["plan"] = str(ckpt), str(run_dir / "plan.json")
+    if dist.is_main:  # report.json / report.md / report.html with the per-layer widths before and after
+        from ..metrics import count
+        from ..report import write_report
+
+        paths = write_report(run_dir, out, count(model, example).layers, count(slim.eval(), example).layers,
+                             title=f"edgeslim prune: {args.model}, {args.method} to {args.target}")
+        out["report"], out["report_html"] = paths["markdown"], paths["html"]
     return out
 
 
@@ -152,4 +160,4 @@ def render(r: dict) -> None:
     print(f"time: scoring {t['scoring_s']:.1f} s, surgery {t['surgery_s']:.1f} s, fine-tuning {t['finetune_s']:.1f} s")
     for note in r["notes"]:
         print(f"note: {note}")
-    print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}")
+    print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}\nreport: {r['report_html']}")
