@@ -76,6 +76,10 @@ class Callback:
     def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
         """Sees the epoch's record (loss, accuracies); may add keys to it."""
 
+    def batch_sampler(self, state: TrainState):
+        """A batch sampler for this epoch's training batches (e.g. class-balanced), or None."""
+        return None
+
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
@@ -183,7 +187,9 @@ def train_one_epoch(state: TrainState, callbacks: list[Callback], device) -> dic
     data = state.train_set
     if hasattr(data, "set_epoch"):
         data.set_epoch(state.epoch)
-    loader = make_loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + state.epoch)
+    batch_sampler = next((s for cb in callbacks if (s := cb.batch_sampler(state)) is not None), None)
+    loader = (DataLoader(data, batch_sampler=batch_sampler) if batch_sampler is not None
+              else make_loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + state.epoch))
     model.train()
     loss_sum = correct = seen = 0.0
     for x, y in loader:
