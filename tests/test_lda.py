@@ -97,12 +97,22 @@ def _manual_zeiler_fergus(net, x, mask):
     a2 = net.conv2(p1)
     p2, i2 = F.max_pool2d(F.relu(a2), 2, return_indices=True)
     h = F.relu(net.fc1(p2.flatten(1)))
-    r_fc1 = F.relu(h * mask)                                 # rectify the masked latent response
-    r = (r_fc1 @ net.fc1.weight).view_as(p2)                 # W^T
-    r_conv2 = F.relu(F.max_unpool2d(r, i2, 2, output_size=a2.shape[-2:]))  # unpool, rectify
-    r = F.conv_transpose2d(r_conv2, net.conv2.weight, padding=1)          # transposed conv
-    r_conv1 = F.relu(F.max_unpool2d(r, i1, 2, output_size=a1.shape[-2:]))
-    return {"fc1": r_fc1, "conv2": r_conv2, "conv1": r_conv1}
+    z = h * mask                                             # the masked latent response (fc's input)
+    r_fc1 = F.relu(z)                                        # rectify
+    u_fc1 = (r_fc1 @ net.fc1.weight).view_as(p2)             # W^T: fc1's input reconstruction
+    r_conv2 = F.relu(F.max_unpool2d(u_fc1, i2, 2, output_size=a2.shape[-2:]))  # unpool, rectify
+    u_conv2 = F.conv_transpose2d(r_conv2, net.conv2.weight, padding=1)       # transposed conv
+    r_conv1 = F.relu(F.max_unpool2d(u_conv2, i1, 2, output_size=a1.shape[-2:]))
+    u_conv1 = F.conv_transpose2d(r_conv1, net.conv1.weight, padding=1)
+    outputs = {"fc1": r_fc1, "conv2": r_conv2, "conv1": r_conv1}
+    inputs = {"fc": z, "fc1": u_fc1.flatten(1)[:, :, None], "conv2": u_conv2, "conv1": u_conv1}
+    return outputs, inputs
+
+
+def _utility(r):
+    """eq. 3.11 (mean over images of |r|) then eq. 3.12 (max over space)."""
+    r = r.abs().mean(0)
+    return r.flatten(1).amax(1) if r.ndim > 1 else r
 
 
 def test_deconv_tracing_equals_a_hand_written_zeiler_fergus_deconvnet(digits):
@@ -113,15 +123,36 @@ def test_deconv_tracing_equals_a_hand_written_zeiler_fergus_deconvnet(digits):
     mask = torch.zeros(12)
     mask[selected] = 1
     u = deconv_utilities(net, data, selected, decision="fc", batch_size=5)
+    u_in = deconv_utilities(net, data, selected, decision="fc", at="input", batch_size=5)
     with torch.no_grad():
-        ref = _manual_zeiler_fergus(net, images, mask)
-    assert set(u) == {"conv1", "conv2", "fc1"}
-    for name, r in ref.items():
-        expected = r.abs().mean(0)                               # eq. 3.11: mean over images
-        expected = expected.flatten(1).amax(1) if expected.ndim > 1 else expected  # eq. 3.12: max over space
-        assert torch.allclose(u[name], expected, atol=1e-6), name
+        ref_out, ref_in = _manual_zeiler_fergus(net, images, mask)
+    assert set(u) == {"conv1", "conv2", "fc1"} and set(u_in) == {"conv1", "conv2", "fc1", "fc"}
+    for name, r in ref_out.items():           # feature-map reconstructions (at="output")
+        assert torch.allclose(u[name], _utility(r), atol=1e-6), name
+    for name, r in ref_in.items():            # the thesis's U_i at every layer's input (at="input")
+        assert torch.allclose(u_in[name], _utility(r), atol=1e-6), name
     assert torch.all(u["fc1"][mask == 0] == 0) and float(u["fc1"][selected].sum()) > 0
     assert not any(p.grad is not None for p in net.parameters())  # the model is left untouched
+
+
+def test_feature_map_utilities_do_not_depend_on_batchnorm_folding(digits):
+    # conv -> BN -> ReLU is read after the BN: folding the BN into the conv changes nothing
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4),
+                        nn.Flatten(), nn.Linear(8 * 8 * 8, 6), nn.ReLU(), nn.Linear(6, 10)).eval()
+    bn = net[1]
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.01, 4), bn.weight.data.uniform_(0.2, 3)
+    folded = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *list(net)[2:]).eval()
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    with torch.no_grad():
+        folded[0].weight.copy_(net[0].weight * scale[:, None, None, None])
+        folded[0].bias.copy_((net[0].bias - bn.running_mean) * scale + bn.bias)
+    images = torch.stack([digits.test[i][0] for i in range(8)])
+    data = TensorDataset(images, torch.zeros(8, dtype=torch.long))
+    assert torch.allclose(net(images), folded(images), atol=1e-5)
+    a = deconv_utilities(net, data, torch.arange(6), decision="7")
+    b = deconv_utilities(folded, data, torch.arange(6), decision="6")
+    assert torch.allclose(a["0"], b["0"], rtol=1e-4) and torch.allclose(a["5"], b["4"], rtol=1e-4)
 
 
 def test_threshold_is_eta_times_std_of_nonzero_utilities():

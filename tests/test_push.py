@@ -31,10 +31,11 @@ def test_push_terms_match_their_definitions(pixels):
     eig = scipy.linalg.eigh(sb, swr, eigvals_only=True)          # generalised eigenvalues, eq. 4.5
     assert (eig > 1e-8 * eig.max()).sum() == 9                   # rank(Sb) = C - 1
     assert float(terms["lda"]) == pytest.approx(9 / np.sort(eig)[-9:].sum(), rel=1e-6)   # eq. 4.6
+    off_entries = d * (d - 1)                                    # L1 norms taken as means over the entries
     cov = sa / len(x)
-    assert float(terms["cov"]) == pytest.approx(np.abs(cov - np.diag(np.diag(cov))).sum(), rel=1e-9)  # eq. 4.7
-    a = np.linalg.solve(swr, sb)
-    assert float(terms["align"]) == pytest.approx(np.abs(a - np.diag(np.diag(a))).sum(), rel=1e-6)   # eq. 4.9
+    assert float(terms["cov"]) == pytest.approx(np.abs(cov - np.diag(np.diag(cov))).sum() / off_entries, rel=1e-9)
+    a = np.linalg.solve(swr, sb)                                 # eq. 4.7 above, eq. 4.9 below
+    assert float(terms["align"]) == pytest.approx(np.abs(a - np.diag(np.diag(a))).sum() / off_entries, rel=1e-6)
 
 
 def test_push_terms_are_differentiable(pixels):

@@ -8,9 +8,13 @@ space (the input of the decision layer, after ReLU), read with a forward hook:
   of the pencil (Sb, Sw + eps I). Sb has rank at most C - 1 for C classes in the batch, so only C - 1
   eigenvalues are non-zero and their sum is the trace above: no eigendecomposition is needed and the
   gradient is stable. ``eps = ridge * trace(Sw) / d`` is the thesis's identity multiple (L784).
-* ``l_cov = ||Sa - diag(Sa)||_1 / n``: the off-diagonal total scatter divided by the batch size n,
-  i.e. the covariance the thesis's figure 4-5 shows; dividing keeps ``lam`` independent of n.
-* ``l_align = ||A - diag(A)||_1`` with ``A = (Sw + eps I)^-1 Sb`` (scale-free).
+* ``l_cov = ||Sa - diag(Sa)||_1 / (n d (d - 1))``: the mean absolute off-diagonal entry of the
+  total covariance (the scatter over the batch size n, as the thesis's figure 4-5 shows it).
+* ``l_align = ||A - diag(A)||_1 / (d (d - 1))`` with ``A = (Sw + eps I)^-1 Sb``.
+
+The thesis's L1 norms are sums; dividing them by the number of entries (and the scatter by n) is a
+constant factor that ``lam`` and ``beta`` absorb, and it keeps their meaning when the batch size or
+the latent width d changes (d shrinks from one pruning step to the next).
 
 The thesis gives no values for gamma, lam, beta or the ridge; the defaults here were chosen on
 digits with ``benchmarks/lda_digits.py`` (see the README).
@@ -43,7 +47,7 @@ def push_terms(h: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3, align: boo
     eps = ridge * torch.trace(within).detach().clamp_min(1e-8) / d
     ratio = torch.linalg.solve(within + eps * eye, between)          # (Sw + eps I)^-1 Sb
     mean_eig = torch.trace(ratio) / max(1, classes - 1)
-    off = lambda m: (m - torch.diag(torch.diagonal(m))).abs().sum()
+    off = lambda m: (m - torch.diag(torch.diagonal(m))).abs().sum() / max(1, d * (d - 1))  # mean |off-diagonal|
     terms = {"lda": 1.0 / mean_eig.clamp_min(1e-8), "cov": off(total) / len(h)}
     terms["align"] = off(ratio) if align else h.new_zeros(())
     return terms

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = [
     "scatter_matrices", "fisher_ratios", "clean_neurons", "otsu_threshold", "linear_probe_accuracy",
     "select_top_neurons", "LatentSelection", "find_decision_layer", "latent_features", "deconv_utilities",
-    "normalized_utilities", "threshold_keep", "lda_utilities",
+    "normalized_utilities", "threshold_keep", "lda_utilities", "group_utilities", "LdaUtilities",
 ]
 
 
@@ -374,78 +374,132 @@ class _Tap(torch.autograd.Function):
         return grad, None
 
 
-def _prunable_outputs(model: nn.Module, decision: str) -> dict[str, nn.Module]:
-    """Modules whose output channels can be pruned: convolutions and linear layers (not the decision layer)."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and name != decision}
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Convolutions and linear layers: the modules whose channels the deconvnet scores."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+
+
+def _channel_layout(t: torch.Tensor, channel_last: bool) -> torch.Tensor:
+    """|t| summed over the batch, laid out (channels, positions)."""
+    g = t.detach().abs().sum(0)
+    return g.reshape(-1, g.shape[-1]).T if channel_last else g.reshape(g.shape[0], -1)
 
 
 def deconv_utilities(model: nn.Module, data: Dataset | DataLoader, selected: torch.Tensor, decision: str,
-                     batch_size: int = 64, device: str | torch.device = "cpu",
+                     at: str = "output", batch_size: int = 64, device: str | torch.device = "cpu",
                      progress: bool = False) -> dict[str, torch.Tensor]:
-    """Deconvnet utility (eq. 3.11-3.12) of every output channel of every conv / linear layer.
+    """Deconvnet utilities (eq. 3.11-3.12) of the channels of every conv / linear layer.
 
     ``selected``: indices of the latent neurons whose response starts the trace (the rest are zeroed,
-    L410). Returns ``{module path: (out_channels,) utilities}``, each the mean over images of
-    |reconstruction| at that module's output, maxed over space. A module that runs more than once adds
-    up its calls; a module that never runs or that no selected neuron depends on scores zeros.
+    L410). Where the reconstruction is read:
+
+    * ``at="output"`` (default): the reconstruction of each layer's *feature map*, i.e. at the
+      output of the BatchNorm that directly follows the layer (else at the layer's output). Autograd
+      has already summed there what came back from every reader of the map, through every pooling
+      and residual path, so maps read in many places (fan-out, residual streams) are scored
+      consistently. It is the thesis's U of the next layer after unpooling and rectification.
+    * ``at="input"`` (the thesis's literal reading): ``U_i``, the reconstruction of each layer's
+      *input* right after its transposed convolution, one value per input channel; the decision
+      layer's input is the masked latent response itself.
+
+    Returns ``{module path: utilities}`` (one per output, resp. input, channel): the mean over images
+    of |reconstruction|, maxed over space. A module that runs several times adds up its calls; a
+    module no selected neuron depends on scores zeros.
     """
-    modules = _prunable_outputs(model, decision)
+    if at not in ("input", "output"):
+        raise ValueError(f"at must be 'output' (feature maps) or 'input' (the thesis's U_i), not {at!r}")
+    layers = _layers(model)
     sums: dict[tuple[str, int], torch.Tensor] = {}
     calls: dict[str, int] = {}
+    written: dict[int, tuple[torch.Tensor, tuple[str, int]]] = {}  # layer outputs a BatchNorm may read
+    superseded: set[tuple[str, int]] = set()                        # layer outputs read after their BN
 
-    def forward_hook(name):
-        def hook(_module, _args, out):
-            if not isinstance(out, torch.Tensor) or not out.requires_grad:
-                return None
-            key = (name, calls.get(name, 0))
-            calls[name] = key[1] + 1
+    def tap(key: tuple[str, int], t, channel_last: bool):
+        def sink(grad):
+            g = _channel_layout(grad, channel_last)
+            sums[key] = g if key not in sums else sums[key] + g
 
-            channel_last = isinstance(_module, nn.Linear)
+        return _Tap.apply(t, sink)
 
-            def sink(grad, key=key):
-                # |reconstruction| summed over the batch's images, laid out (channels, positions)
-                g = grad.detach().abs().sum(0)
-                g = g.reshape(-1, g.shape[-1]).T if channel_last else g.reshape(g.shape[0], -1)
-                sums[key] = g if key not in sums else sums[key] + g
+    def new_key(name: str) -> tuple[str, int]:
+        calls[name] = calls.get(name, 0) + 1
+        return name, calls[name] - 1
 
-            return _Tap.apply(out, sink)
+    def on_input(name):
+        def hook(module, args):
+            if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                return (tap(new_key(name), args[0], isinstance(module, nn.Linear)), *args[1:])
+            return None
 
         return hook
 
-    tap = _LatentTap(model.get_submodule(decision))
-    handles = [m.register_forward_hook(forward_hook(n)) for n, m in modules.items()]
+    def on_output(name):
+        def hook(module, _args, out):
+            if not isinstance(out, torch.Tensor) or not out.requires_grad:
+                return None
+            key = new_key(name)
+            out = tap(key, out, isinstance(module, nn.Linear))
+            written[id(out)] = (out, key)
+            return out
+
+        return hook
+
+    def on_batchnorm(module, args, out):
+        entry = written.pop(id(args[0]), None) if args else None
+        if entry is None or entry[0] is not args[0] or not out.requires_grad:
+            return None
+        superseded.add(entry[1])
+        return tap((*entry[1], "bn"), out, False)  # read the feature map, after the per-channel BN scale
+
+    latent_tap = _LatentTap(model.get_submodule(decision))
+    traced = {n: m for n, m in layers.items() if n != decision}
+    if at == "input":
+        handles = [m.register_forward_pre_hook(on_input(n)) for n, m in traced.items()]
+    else:
+        handles = [m.register_forward_hook(on_output(n)) for n, m in traced.items()]
+        handles += [m.register_forward_hook(on_batchnorm) for m in model.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     was_training = model.training
     n_images = 0
-    loader = _loader(data, batch_size)
+    latent_sum = None
     from tqdm.auto import tqdm
 
     try:
         model.eval()
-        for x, _y in tqdm(loader, desc="deconv trace", unit="batch", disable=not progress, leave=False):
+        for x, _y in tqdm(_loader(data, batch_size), desc="deconv trace", unit="batch", disable=not progress,
+                          leave=False):
             calls.clear()
+            written.clear()
+            superseded.clear()
             x = x.to(device).requires_grad_(True)  # guarantees a graph even when the weights are frozen
             with torch.enable_grad(), _DeconvMode():
                 model(x)
-                latent = tap.value
+                latent = latent_tap.value
                 mask = torch.zeros(latent.shape[1], dtype=latent.dtype, device=latent.device)
                 mask[selected.to(latent.device)] = 1
                 signal = latent.detach() * mask  # Z_final: the latent response, non-selected neurons zeroed
                 torch.autograd.grad(latent, x, grad_outputs=signal, allow_unused=True)
+            latent_sum = signal.abs().sum(0) if latent_sum is None else latent_sum + signal.abs().sum(0)
             n_images += len(x)
     finally:
-        tap.remove()
+        latent_tap.remove()
         for h in handles:
             h.remove()
+        written.clear()
         model.train(was_training)
     if n_images == 0:
         raise ValueError("the calibration data is empty")
     utilities = {}
-    for name, module in modules.items():
-        channels = module.out_channels if hasattr(module, "out_channels") else module.out_features
+    if at == "input":
+        utilities[decision] = (latent_sum / n_images).cpu().float()
+    for name, module in traced.items():
+        if at == "input":
+            channels = module.in_channels if hasattr(module, "in_channels") else module.in_features
+        else:
+            channels = module.out_channels if hasattr(module, "out_channels") else module.out_features
         u = torch.zeros(channels)
-        for (key_name, _call), total in sums.items():
-            if key_name == name:
+        for key, total in sums.items():
+            if key[0] == name and key not in superseded:
                 u += (total / n_images).amax(1).cpu()  # eq. 3.11 mean over images, eq. 3.12 max over space
         utilities[name] = u
     return utilities
@@ -489,6 +543,49 @@ def threshold_keep(utilities: dict[str, torch.Tensor], eta: float, min_keep: int
 
 
 # ----------------------------------------------------------------------------------------------
+# From layers to the engine's channel groups
+# ----------------------------------------------------------------------------------------------
+
+_COMPUTING = ("out", "inout")
+
+
+def group_utilities(graph, utilities: dict[str, torch.Tensor], combine: str = "sum",
+                    at: str = "output") -> dict[str, torch.Tensor]:
+    """Utility of every channel of every prunable group of the engine's channel ``graph``.
+
+    ``utilities`` come from :func:`deconv_utilities`, read ``at`` the layers' feature maps
+    (``"output"``, default) or inputs. A group is what one keep/remove decision covers; in a plain
+    or concatenating net (VGG, Inception) it is one layer's filters. A residual addition couples the
+    channels of every block of a stage into one group: channel c is one feature that several layers
+    write and many read. With ``at="output"`` its utility adds up the reconstructions of every map
+    it lives in (the group's producers); with ``at="input"`` it adds up what every reader
+    reconstructs (the group's consumers: the thesis's fan-out sum, L441, L1290). A channel read at
+    several positions (an FC layer after ``flatten``) takes the max over them (eq. 3.12's max over
+    space). ``combine="max"`` takes the most useful producer / reader instead of the sum. A group with
+    no traced producer / reader (e.g. attention heads) gets a flat score of 1.
+    """
+    if combine not in ("sum", "max"):
+        raise ValueError(f"combine must be 'sum' or 'max', not {combine!r}")
+    out = {}
+    for group in graph.prunable_groups:
+        slices = group.consumers if at == "input" else [s for s in group.producers if s.role in _COMPUTING]
+        parts = []
+        for s in slices:
+            if s.module not in utilities or s.role not in ("in", *_COMPUTING):
+                continue
+            u = utilities[s.module]
+            index = torch.arange(group.size) if s.index is None else s.index.reshape(group.size, -1)
+            parts.append(u[index].reshape(group.size, -1).amax(1))
+        if not parts:
+            out[group.id] = torch.ones(group.size)
+        elif combine == "sum":
+            out[group.id] = torch.stack(parts).sum(0)
+        else:
+            out[group.id] = torch.stack(parts).amax(0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # Steps 1-3 together
 # ----------------------------------------------------------------------------------------------
 
@@ -497,6 +594,7 @@ class LdaUtilities:
     decision: str
     selection: LatentSelection
     utilities: dict[str, torch.Tensor]      # per module path, raw (eq. 3.12)
+    at: str = "output"                      # read at the layers' feature maps or inputs
 
     @property
     def normalized(self) -> dict[str, torch.Tensor]:
@@ -506,12 +604,13 @@ class LdaUtilities:
 def lda_utilities(model: nn.Module, data: Dataset | DataLoader, decision: str | None = None,
                   selection: str = "sweep", ratio_mode: str = "diagonal", tolerance: float = 1.0,
                   m_prime: int | None = None, val_data: Dataset | DataLoader | None = None,
-                  trace_data: Dataset | DataLoader | None = None, batch_size: int = 64,
+                  trace_data: Dataset | DataLoader | None = None, at: str = "output", batch_size: int = 64,
                   device: str | torch.device = "cpu", progress: bool = False) -> LdaUtilities:
     """Latent LDA, M' selection and deconvnet tracing on ``data`` (labelled calibration images).
 
     ``trace_data`` (default ``data``) is what the deconvnet averages over; the thesis finds a
     class-balanced subset enough (L676-687). ``decision`` defaults to the last ``nn.Linear`` run.
+    ``at``: where the reconstruction is read (see :func:`deconv_utilities`).
     """
     if decision is None:
         x0, _ = next(iter(_loader(data, 2)))
@@ -523,5 +622,5 @@ def lda_utilities(model: nn.Module, data: Dataset | DataLoader, decision: str | 
     sel = select_top_neurons(x, y, method=selection, ratio_mode=ratio_mode, tolerance=tolerance, m_prime=m_prime,
                              x_val=xv, y_val=yv)
     utilities = deconv_utilities(model, trace_data if trace_data is not None else data, sel.selected, decision,
-                                 batch_size=batch_size, device=device, progress=progress)
-    return LdaUtilities(decision, sel, utilities)
+                                 at=at, batch_size=batch_size, device=device, progress=progress)
+    return LdaUtilities(decision, sel, utilities, at)
