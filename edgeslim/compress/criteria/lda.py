@@ -624,3 +624,46 @@ def lda_utilities(model: nn.Module, data: Dataset | DataLoader, decision: str | 
     utilities = deconv_utilities(model, trace_data if trace_data is not None else data, sel.selected, decision,
                                  at=at, batch_size=batch_size, device=device, progress=progress)
     return LdaUtilities(decision, sel, utilities, at)
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine's criterion: edgeslim.prune(..., method="lda"), edgeslim prune --method lda
+# ----------------------------------------------------------------------------------------------
+
+from . import Criterion, register_criterion  # noqa: E402  (the engine's registry; imported last on purpose)
+
+
+@register_criterion("lda")
+class DeepLDA(Criterion):
+    """Deep-LDA utilities (Tian 2020, ch. 3) as channel scores: latent LDA, top-M' selection and
+    deconvnet tracing on the labelled calibration data, mapped onto the channel groups
+    (:func:`group_utilities`) and divided by each group's std of non-zero utilities (eq. 3.13), so
+    that ``score >= eta`` is the thesis's per-layer threshold.
+
+    Options (``criterion_options``): ``decision`` (path of the decision layer; default the last
+    ``nn.Linear``), ``selection`` (``"sweep"`` | ``"otsu"`` | ``"fixed"``), ``tolerance`` (accuracy
+    points for the sweep, default 1), ``m_prime`` (for ``"fixed"``), ``trace_per_class`` (trace with
+    that many images per class instead of all the data), ``at`` (``"output"`` | ``"input"``),
+    ``combine`` (``"sum"`` | ``"max"``), ``progress``. After scoring, ``self.last`` holds the
+    :class:`LdaUtilities` (the selected latent neurons, the raw utilities).
+    """
+
+    needs_data = True
+    OPTIONS = ("decision", "selection", "tolerance", "m_prime", "trace_per_class", "at", "combine", "progress")
+
+    def score(self, model, graph, data=None, **options):
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown lda option(s) {', '.join(unknown)}; known: {', '.join(self.OPTIONS)}")
+        if data is None:
+            raise ValueError("method 'lda' needs labelled calibration data (data=a Dataset or DataLoader; CLI: --data)")
+        combine = options.pop("combine", "sum")
+        per_class = options.pop("trace_per_class", None)
+        if per_class:
+            from ...data import calibration_subset
+
+            options["trace_data"] = calibration_subset(data.dataset if isinstance(data, DataLoader) else data, per_class)
+        device = next(model.parameters()).device
+        self.last = lda_utilities(model, data, device=device, **options)
+        utilities = group_utilities(graph, self.last.utilities, combine, self.last.at)
+        return normalized_utilities(utilities)
