@@ -15,7 +15,6 @@ information). Run:  python benchmarks/lda_digits.py [--seeds 0,1,2] [--json out.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys

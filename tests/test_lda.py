@@ -1,7 +1,6 @@
 """Deep-LDA maths, neuron cleaning, M' selection and deconvnet tracing (specs/seed-tian.md section 1)."""
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 import torchvision

@@ -83,3 +83,21 @@ def test_family_follows_the_eta_schedule_and_members_rebuild_from_their_plans(tr
     last = result.members[-1]
     loaded = load_model(last.checkpoint)                                 # spec + composed plan + weights
     assert edgeslim.count(loaded.model, example).macs == last.macs
+
+
+def test_cli_lda_family_writes_one_checkpoint_per_step(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edgeslim", "lda-family", "zoo:resnet20", "--data", "digits",
+                           "--input", "1x3x16x16", "--etas", "0.5", "--finetune-epochs", "0", "--selection", "otsu",
+                           "--trace-per-class", "5", "--latency-runs", "5", "-o", str(tmp_path), "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert [m["eta"] for m in r["members"]] == [0.5] and r["members"][0]["macs"] < r["dense"]["macs"]
+    assert (tmp_path / "step1.pt").is_file()
+    bad = subprocess.run([sys.executable, "-m", "edgeslim", "lda-family", "zoo:resnet20", "--data", "digits",
+                          "--push", "1,2", "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "GAMMA,LAMBDA,BETA" in bad.stderr

@@ -14,19 +14,21 @@ Where the usefulness of a channel comes from:
    their forward switches, rectifiers rectify the *reconstruction* (not the forward mask),
    convolutions and linear layers apply their transposed trained weights. This is autograd with one
    changed rule (the activations'), so it works on any network: residual additions copy the signal to
-   both addends, concatenations split it, fan-out nodes sum what comes back from all their consumers.
-   The utility of a producer's output channel is the mean over images of |reconstruction| at that
-   output, maxed over space.
+   both addends, concatenations split it, fan-out nodes sum what comes back from all their readers.
+   A channel's utility is the mean over images of |reconstruction| of its feature map (read after
+   the BatchNorm that follows its layer), maxed over space; ``at="input"`` reads the thesis's U_i at
+   the layers' inputs instead (see :func:`deconv_utilities`).
 4. **Per-layer threshold** (eq. 3.13): channel c of layer i goes when ``u_c < eta * std(u_i != 0)``.
-   :func:`normalized_utilities` divides every layer's utilities by that std, so one global ``eta`` on
-   the normalised scores is exactly the thesis rule, and a global ranking of the normalised scores
-   (the slimming engine's target solver) is the same rule with eta chosen to meet a MACs target.
+   :func:`normalized_utilities` divides every layer's (group's) utilities by that std, so
+   ``score >= eta`` is the thesis rule; ``edgeslim.compress.lda_family`` applies it step by step.
+   ``edgeslim.prune(method="lda", target=...)`` hands the same scores to the engine's target
+   solver, which divides each group's scores by their mean before ranking all channels together:
+   still a per-layer relative threshold, but scaled by the mean instead of the std.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
