@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..training.loop import Callback
 from . import register_zoo
 
 __all__ = [
@@ -209,9 +210,6 @@ class InceptionNet(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Auxiliary loss
 # ----------------------------------------------------------------------------------------------
-
-from ..training.loop import Callback  # noqa: E402  (models are imported before training elsewhere)
-
 
 class AuxLoss(Callback):
     """Adds ``weight`` x cross-entropy of each auxiliary head (GoogLeNet's 0.3; the thesis gives none)."""
