@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..compress.fbs_condconv import fbs_cost, fbs_layers, to_fbs_condconv
 from ..metrics import count
 from .common import add_command, add_model_args, human, resolve_model
 
@@ -10,14 +11,27 @@ from .common import add_command, add_model_args, human, resolve_model
 def add_parser(sub) -> None:
     p = add_command(sub, "inspect", "MACs, FLOPs, params, memory, per-layer table, tracer coverage", run, render)
     add_model_args(p)
+    p.add_argument("--fbs-condconv", type=float, metavar="D", dest="fbs_density",
+                   help="inspect MODEL with its convolutions turned into FBS-pruned CondConv at gate density D "
+                        "(adds macs_thesis; macs becomes the exact per-example cost of the skip inference path)")
+    p.add_argument("--experts", type=int, default=4, help="CondConv experts per layer with --fbs-condconv (default 4)")
 
 
 def run(args) -> dict:
     loaded = resolve_model(args)
     example = loaded.example_input()
-    result = count(loaded.model, example).to_dict()
+    model = loaded.model
+    if args.fbs_density is not None:
+        model = to_fbs_condconv(model, density=args.fbs_density, experts=args.experts)
+    result = count(model, example).to_dict()
     result["model"] = args.model
     result["unsupported_ops"] = []  # filled by the slimming engine's coverage report
+    if fbs_layers(model):
+        # Dynamic models: macs = what the gathering inference computes per example, beside the thesis convention.
+        cost = fbs_cost(model, example).to_dict()
+        result.update(macs=cost["macs"], flops=2 * cost["macs"], macs_thesis=cost["macs_thesis"],
+                      macs_dense_path=cost["macs_dense_path"],
+                      fbs_condconv={k: cost[k] for k in ("layers", "convention", "other_macs", "other_macs_thesis")})
     return result
 
 
@@ -26,6 +40,9 @@ def render(r: dict) -> None:
     for layer in r["layers"]:
         print(f"{layer['name'][:40]:<40} {layer['type'][:18]:<18} {human(layer['macs']):>12} "
               f"{human(layer['params']):>10}  {layer['output_shape']}")
+    if "macs_thesis" in r:
+        print(f"\nFBS-CondConv: exact MACs per example {human(r['macs'])}, thesis convention "
+              f"{human(r['macs_thesis'])}, batched mask path {human(r['macs_dense_path'])}")
     print(f"\nMACs {human(r['macs'])}  FLOPs {human(r['flops'])}  params {human(r['params'])} "
           f"({human(r['param_bytes'], 'B')})  peak activations {human(r['peak_activation_bytes'], 'B')}")
     if r["uncounted_ops"]:

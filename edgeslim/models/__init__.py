@@ -29,6 +29,14 @@ CHECKPOINT_FORMAT = "edgeslim-checkpoint/1"
 
 ZOO: dict[str, Callable[..., nn.Module]] = {}
 ZOO_INPUT: dict[str, tuple[int, ...]] = {}  # zoo models whose natural input is not 1x3x32x32
+# Modules that register zoo models next to the method they belong to; imported when the zoo is first used.
+ZOO_MODULES = ["edgeslim.compress.fbs_condconv"]
+
+
+def _zoo() -> dict[str, Callable[..., nn.Module]]:
+    for module in ZOO_MODULES:
+        importlib.import_module(module)
+    return ZOO
 
 
 def register_zoo(name: str, input_shape: tuple[int, ...] | None = None
@@ -62,7 +70,7 @@ def _split_spec(spec: str) -> tuple[str, str]:
     if ".py:" in spec:
         return "file", spec
     raise ValueError(
-        f"cannot understand model {spec!r}: use zoo:NAME ({', '.join(sorted(ZOO))}), torchvision:NAME, "
+        f"cannot understand model {spec!r}: use zoo:NAME ({', '.join(sorted(_zoo()))}), torchvision:NAME, "
         "path/to/file.py:function, or an edgeslim checkpoint (.pt)"
     )
 
@@ -73,7 +81,7 @@ def build_model(spec: str, num_classes: int | None = None, **kwargs: Any) -> nn.
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if kind == "zoo":
-        if name not in ZOO:
+        if name not in _zoo():
             raise ValueError(f"unknown zoo model {name!r}; the zoo has: {', '.join(sorted(ZOO))}")
         return ZOO[name](**kwargs)
     if kind == "torchvision":
@@ -101,6 +109,7 @@ def default_input_shape(spec: str) -> tuple[int, ...]:
     """The model's natural input (batch 1): 32x32 for the CIFAR zoo, 224x224 for torchvision."""
     kind, name = _split_spec(spec)
     if kind == "zoo":
+        _zoo()  # lazily registered zoo models may declare their input shape
         return ZOO_INPUT.get(name, (1, 3, 32, 32))
     if kind == "torchvision":
         side = _TORCHVISION_INPUT.get(name, 224)
