@@ -62,7 +62,7 @@ class PushLoss(Callback):
     are added to the epoch record as ``push_lda``, ``push_cov`` and ``push_align``.
     """
 
-    def __init__(self, model: nn.Module, gamma: float = 1.0, lam: float = 0.01, beta: float = 0.0,
+    def __init__(self, model: nn.Module, gamma: float = 1.0, lam: float = 0.1, beta: float = 0.0,
                  ridge: float = 1e-3, decision: str | None = None, balanced: bool = True, per_class: int = 8,
                  example: torch.Tensor | None = None):
         if min(gamma, lam, beta) < 0 or ridge <= 0:
