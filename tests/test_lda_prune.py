@@ -101,3 +101,19 @@ def test_cli_lda_family_writes_one_checkpoint_per_step(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "edgeslim", "lda-family", "zoo:resnet20", "--data", "digits",
                           "--push", "1,2", "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "GAMMA,LAMBDA,BETA" in bad.stderr
+
+
+def test_cli_prune_method_lda(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "edgeslim", "prune", "zoo:resnet20", "--method", "lda", "-o", str(tmp_path)]
+    proc = subprocess.run(cli + ["--target", "macs=0.5", "--data", "digits", "--input", "1x3x16x16", "--json"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["method"] == "lda" and r["equivalence_error"] < 1e-4
+    assert 0.48 <= r["slim"]["macs"] / r["dense"]["macs"] <= 0.5
+    bad = subprocess.run(cli, capture_output=True, text=True, timeout=300)   # lda without calibration data
+    assert bad.returncode == 2 and "--data" in bad.stderr and "Traceback" not in bad.stderr
