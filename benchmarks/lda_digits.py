@@ -91,10 +91,12 @@ def main(argv=None):
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--parts", default="1,2,3")
     p.add_argument("--json", help="also write all rows to this file")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     parts = set(args.parts.split(","))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = load_data("digits", image_size=args.image_size)
     example = torch.randn(1, *data.input_shape)
     rows = {"compare": [], "push": [], "push_prune": [], "family": [], "dense": []}
