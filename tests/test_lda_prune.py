@@ -103,6 +103,7 @@ def test_cli_lda_family_writes_one_checkpoint_per_step(tmp_path):
     assert bad.returncode == 2 and "GAMMA,LAMBDA,BETA" in bad.stderr
 
 
+@pytest.mark.slow  # traces all 1,437 training images (the CLI has no criterion options): ~1 min of CPU
 def test_cli_prune_method_lda(tmp_path):
     import json
     import subprocess
