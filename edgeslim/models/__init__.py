@@ -28,6 +28,7 @@ __all__ = [
 CHECKPOINT_FORMAT = "edgeslim-checkpoint/1"
 
 ZOO: dict[str, Callable[..., nn.Module]] = {}
+ZOO_INPUT: dict[str, tuple[int, ...]] = {}  # zoo models whose natural input is not 1x3x32x32
 # Modules that register zoo models next to the method they belong to; imported when the zoo is first used.
 ZOO_MODULES = ["edgeslim.compress.fbs_condconv"]
 
@@ -38,11 +39,14 @@ def _zoo() -> dict[str, Callable[..., nn.Module]]:
     return ZOO
 
 
-def register_zoo(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_zoo(name: str, input_shape: tuple[int, ...] | None = None
+                 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a builder under ``zoo:NAME``; builders take ``num_classes`` and keyword options."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         ZOO[name] = fn
+        if input_shape is not None:
+            ZOO_INPUT[name] = tuple(input_shape)
         return fn
 
     return deco
@@ -52,6 +56,8 @@ for _depth in (20, 32, 44, 56, 110):
     register_zoo(f"resnet{_depth}")(lambda num_classes=10, _d=_depth, **kw: CifarResNet(_d, num_classes, **kw))
 register_zoo("vgg16")(lambda num_classes=10, **kw: CifarVGG16(num_classes, **kw))
 register_zoo("mcifarnet")(lambda num_classes=10, **kw: MCifarNet(num_classes, **kw))
+
+from . import inception  # noqa: E402,F401  (registers zoo:inception, zoo:inception-N, zoo:inception-cifar)
 
 # torchvision models whose natural input is not 224x224
 _TORCHVISION_INPUT = {"inception_v3": 299}
@@ -103,7 +109,8 @@ def default_input_shape(spec: str) -> tuple[int, ...]:
     """The model's natural input (batch 1): 32x32 for the CIFAR zoo, 224x224 for torchvision."""
     kind, name = _split_spec(spec)
     if kind == "zoo":
-        return (1, 3, 32, 32)
+        _zoo()  # lazily registered zoo models may declare their input shape
+        return ZOO_INPUT.get(name, (1, 3, 32, 32))
     if kind == "torchvision":
         side = _TORCHVISION_INPUT.get(name, 224)
         return (1, 3, side, side)

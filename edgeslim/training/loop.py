@@ -189,6 +189,10 @@ class Callback:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
 
+    def batch_sampler(self, state: TrainState):
+        """A batch sampler for this epoch's training batches (e.g. class-balanced), or None."""
+        return None
+
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
@@ -393,11 +397,15 @@ def train_one_epoch(state: TrainState, callbacks: list[Callback], progress: bool
     cfg, model, opt, dist, device = state.config, state.model, state.optimizer, state.dist, state.device
     data = state.train_set
     _set_epoch(data, state.epoch)
-    sampler = DistributedSampler(data, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
-                                 seed=cfg.seed, drop_last=False)
-    sampler.set_epoch(state.epoch)
-    loader = make_loader(data, _per_rank_batch(cfg, dist), sampler=sampler, num_workers=cfg.num_workers,
-                         seed=cfg.seed * 1000 + state.epoch)
+    batch_sampler = next((s for cb in callbacks if (s := cb.batch_sampler(state)) is not None), None)
+    if batch_sampler is not None:  # a callback's own batches (e.g. class-balanced for the push loss)
+        loader = DataLoader(data, batch_sampler=batch_sampler)
+    else:
+        sampler = DistributedSampler(data, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=False)
+        sampler.set_epoch(state.epoch)
+        loader = make_loader(data, _per_rank_batch(cfg, dist), sampler=sampler, num_workers=cfg.num_workers,
+                             seed=cfg.seed * 1000 + state.epoch)
     n = len(loader)
     state.train_model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
