@@ -7,3 +7,7 @@
 from .registry import PRECISIONS, DeviceProfile, get_device, list_devices, load_profile, user_profile_dirs
 
 __all__ = ["DeviceProfile", "get_device", "list_devices", "load_profile", "user_profile_dirs", "PRECISIONS"]
+
+from .estimate import Estimate, default_precision, default_workspace_mb, estimate_model  # noqa: E402
+
+__all__ += ["Estimate", "estimate_model", "default_precision", "default_workspace_mb"]

@@ -113,10 +113,9 @@ def _restrictions(node, v: tuple[int, int], initializers: set[str], nonzero: set
             problems.append(f"{len(kernel)}-D {op}: TensorRT {v[0]}.{v[1]} supports 2-D and 3-D only")
         dil = _attr(node, "dilations")
         if op.endswith("Pool") and dil and any(d != 1 for d in dil):
-            problems.append(f"{op} with dilations {list(dil)}: TensorRT needs dilations of 1")
+            problems.append(f"{op} with dilations other than 1 is not supported by TensorRT")
     if op in ("Conv", "ConvTranspose") and v < (8, 5) and len(node.input) > 1 and node.input[1] not in initializers:
-        problems.append(f"{op} weights {node.input[1]!r} are computed at run time: TensorRT {v[0]}.{v[1]} "
-                        "needs them as an initializer")
+        problems.append(f"{op} weights computed at run time: TensorRT {v[0]}.{v[1]} needs them as an initializer")
     if op == "MaxPool" and len(node.output) > 1 and node.output[1]:
         problems.append("MaxPool's Indices output is not supported by TensorRT")
     if op == "Resize":
@@ -129,7 +128,8 @@ def _restrictions(node, v: tuple[int, int], initializers: set[str], nonzero: set
         if _attr(node, "antialias", 0):
             problems.append("Resize with antialias is not supported by TensorRT")
     if op in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in nonzero:
-        problems.append(f"{op} zero point {node.input[2]!r} is not 0: TensorRT quantization is symmetric")
+        problems.append(f"{op} with a non-zero zero point: TensorRT quantization is symmetric (quantize for "
+                        "target tensorrt)")
     if op == "TopK" and len(node.input) > 1 and node.input[1] not in initializers and v < (8, 6):
         problems.append(f"TopK with a run-time K: TensorRT {v[0]}.{v[1]} needs K as an initializer")
     return problems
@@ -138,8 +138,8 @@ def _restrictions(node, v: tuple[int, int], initializers: set[str], nonzero: set
 def check_ops(model, version: str | Sequence[int]) -> dict[str, Any]:
     """Check an ONNX model's operators against TensorRT ``version``'s parser before copying it to a device.
 
-    Returns ``{"tensorrt", "opset_ok", "unsupported": [{"op", "nodes"}], "restricted": [{"op", "node", "reason"}],
-    "ok"}``. Custom-domain ops are reported as unsupported (they need a plugin).
+    Returns ``{"tensorrt", "opset", "max_opset", "opset_ok", "unsupported": [{"op", "count", "nodes"}],
+    "restricted": [{"op", "reason", "count", "nodes"}], "ok"}`` (at most 5 node names per entry). Custom-domain ops are reported as unsupported (they need a plugin).
     """
     import numpy as np
     import onnx
@@ -156,14 +156,14 @@ def check_ops(model, version: str | Sequence[int]) -> dict[str, Any]:
     nonzero = {i.name for i in model.graph.initializer if i.name in zero_points
                and i.data_location != onnx.TensorProto.EXTERNAL and np.any(numpy_helper.to_array(i) != 0)}
     unsupported: dict[str, list[str]] = {}
-    restricted = []
+    restricted: dict[tuple[str, str], list[str]] = {}
     for node in model.graph.node:
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
         if op not in known:
             unsupported.setdefault(op, []).append(node.name)
             continue
         for reason in _restrictions(node, v, initializers, nonzero):
-            restricted.append({"op": op, "node": node.name, "reason": reason})
+            restricted.setdefault((op, reason), []).append(node.name)
     limit = max_onnx_opset(v)
     return {
         "tensorrt": f"{v[0]}.{v[1]}",
@@ -171,7 +171,8 @@ def check_ops(model, version: str | Sequence[int]) -> dict[str, Any]:
         "max_opset": limit,
         "opset_ok": opset is None or opset <= limit,
         "unsupported": [{"op": op, "count": len(names), "nodes": names[:5]} for op, names in sorted(unsupported.items())],
-        "restricted": restricted,
+        "restricted": [{"op": op, "reason": reason, "count": len(names), "nodes": names[:5]}
+                       for (op, reason), names in restricted.items()],
         "ok": (opset is None or opset <= limit) and not unsupported and not restricted,
     }
 
