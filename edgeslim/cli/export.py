@@ -56,12 +56,12 @@ def run(args: argparse.Namespace) -> dict:
     elif precision == "int8":
         raise ValueError("INT8 needs calibration data from your domain: pass --data (e.g. --data digits)")
     loaded = resolve_model(args, num_classes=data.num_classes if data else None)
-    if data is not None:
-        data_shape = (1, *data.input_shape)
-        if args.input and tuple(args.input[1:]) != tuple(data.input_shape):
-            raise ValueError(f"--input {args.input} does not match the data's images {tuple(data.input_shape)}")
-        if loaded.input_shape is None or tuple(loaded.input_shape[1:]) != tuple(data.input_shape):
-            loaded.input_shape = data_shape
+    if data is not None and (loaded.input_shape is None or tuple(loaded.input_shape[1:]) != tuple(data.input_shape)):
+        if args.input or loaded.plan is not None or args.model.endswith((".pt", ".pth")):
+            shown = "x".join(map(str, loaded.input_shape or ()))
+            raise ValueError(f"the model's input {shown} does not match the images of --data {args.data} "
+                             f"({'x'.join(map(str, data.input_shape))}); INT8 must be calibrated on the input it serves")
+        loaded.input_shape = (1, *data.input_shape)  # a default shape: the data decides
     example = loaded.example_input(batch=loaded.input_shape[0] if loaded.input_shape else 1)
     dense = build_model(loaded.spec, **loaded.kwargs) if loaded.plan is not None else None
     eval_data = data.test if data is not None else None

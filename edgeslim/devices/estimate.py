@@ -80,6 +80,9 @@ def estimate_model(model: nn.Module, example: torch.Tensor, device: str | Device
         if not layer["macs"]:
             continue  # BN and other parameter-only layers: fused into the convolution before them
         calls = max(1, layer.get("calls", 1))
+        if layer.get("input_shape") is None or layer["output_shape"] is None:
+            warnings.append(f"layer {layer['name']}: activation sizes unknown (a bare layer as the model?); "
+                            "its memory time counts weights only")
         act = (_numel(layer.get("input_shape")) + _numel(layer["output_shape"])) * calls
         moved = act * bpe + layer["params"] * bpe
         compute_ms = 2 * layer["macs"] / flops * 1e3

@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from ..devices import DeviceProfile, default_precision, default_workspace_mb, estimate_model, get_device
 from . import tensorrt as trt_tools
-from .onnx import TORCHSCRIPT_MAX_OPSET, check_channels, export_onnx, parity
-from .quantize import calibration_arrays, compare_onnx, quantize_int8
+from .onnx import TORCHSCRIPT_MAX_OPSET, check_channels, export_onnx
+from .quantize import calibration_arrays, compare_onnx, output_agreement, quantize_int8
 
 __all__ = ["export_for_device", "choose_opset", "DEFAULT_OPSET_CEILING"]
 
@@ -140,7 +140,8 @@ def export_for_device(model: nn.Module, example: torch.Tensor, device: str | Dev
                                      latency_runs=latency_runs if device.kind == "cpu" else 0))
         else:
             notes.append("no labelled evaluation data: the INT8 accuracy change was not measured")
-        int8["parity"] = parity(model, int8_path, example, trials=2)  # informative: INT8 is not bit-exact
+        held_out = calibration_arrays(eval_data, 64) if eval_data is not None else calib[:64]
+        int8["agreement"] = output_agreement(out, int8_path, held_out)  # INT8 vs FP32 graph on real inputs
         result["int8"] = int8
         if target == "tensorrt":
             engine_onnx = int8_path
