@@ -47,6 +47,7 @@ class ExportResult:
     max_rel_diff: float
     cosine: float
     simplified: bool
+    constant_output: bool = False
     note: str = ""
     exporter: str = ""
     simplifier: str | None = None
@@ -102,12 +103,15 @@ def parity(model: nn.Module, path: str | Path, example: torch.Tensor, trials: in
 
     ``max_rel_diff`` is the largest absolute difference divided by the largest reference magnitude
     (per output, worst over trials and outputs); ``cosine`` the smallest cosine similarity.
-    ``batch_sizes`` cycles the batch size across trials (for a dynamic batch axis).
+    ``batch_sizes`` cycles the batch size across trials (for a dynamic batch axis). ``constant_output``
+    is True when the model's outputs did not change with the input: then the check proves nothing.
     """
     sess = ort_session(path)
     name = sess.get_inputs()[0].name
     gen = torch.Generator().manual_seed(seed)
     worst = {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "cosine": 1.0}
+    first: list[np.ndarray] | None = None
+    varies = False
     with _eval_mode(model):
         for i in range(trials):
             shape = list(example.shape)
@@ -116,6 +120,10 @@ def parity(model: nn.Module, path: str | Path, example: torch.Tensor, trials: in
             x = torch.randn(shape, generator=gen, dtype=example.dtype)
             refs = [r.float().numpy() for r in _outputs(model(x))]
             gots = sess.run(None, {name: x.numpy()})
+            if first is None:
+                first = refs
+            elif not varies:
+                varies = any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(first, refs))
             if len(refs) != len(gots):
                 raise RuntimeError(f"PyTorch returned {len(refs)} outputs but the ONNX graph {len(gots)}")
             for ref, got in zip(refs, gots):
@@ -126,6 +134,8 @@ def parity(model: nn.Module, path: str | Path, example: torch.Tensor, trials: in
                 worst["max_rel_diff"] = max(worst["max_rel_diff"], float(diff.max() / (np.abs(ref).max() + 1e-12)))
                 cos = float((ref * got).sum() / (np.linalg.norm(ref) * np.linalg.norm(got) + 1e-12))
                 worst["cosine"] = min(worst["cosine"], cos)
+    # Outputs that ignore the input (e.g. a zero-initialised classifier) make the comparison vacuous.
+    worst["constant_output"] = trials > 1 and not varies
     return worst
 
 
@@ -237,6 +247,45 @@ def _save(model: onnx.ModelProto, path: Path, external: bool) -> None:
         onnx.save(model, str(path))
 
 
+def _export_raw(model: nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str,
+                input_names: list[str], output_names: list[str], dynamic_batch: bool) -> tuple[str, list[str]]:
+    """Run the exporter(s) for ``opset``; returns the one that worked and a note when the first failed."""
+    errors = []
+    for kind in _choose_exporters(opset, exporter):
+        try:
+            _run_exporter(kind, model, example, path, opset, input_names, output_names, dynamic_batch)
+            return kind, [f"first exporter failed ({errors[0]}); used {kind}"] if errors else []
+        except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
+            errors.append(f"{kind}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
+    raise RuntimeError(f"could not export to ONNX opset {opset}: " + " | ".join(errors))
+
+
+def _gate(checked: dict[str, float], tolerance: float) -> None:
+    if not checked["max_rel_diff"] <= tolerance:  # also refuses NaN
+        raise RuntimeError(f"the exported ONNX graph differs from PyTorch: relative error "
+                           f"{checked['max_rel_diff']:.2e} > tolerance {tolerance:.0e} (max abs "
+                           f"{checked['max_abs_diff']:.2e}, cosine {checked['cosine']:.6f}); raise the "
+                           "tolerance only if you accept that difference")
+
+
+def _simplified(raw: onnx.ModelProto, simplifier, label: str, path: Path, external: bool, check,
+                tolerance: float) -> tuple:
+    """Simplify ``raw`` into ``path`` and check it; (parity, summary) when it passes, else (None, the reason)."""
+    try:
+        slim = _simplify(raw, simplifier)
+        summary = graph_summary(slim)
+        _save(slim, path, external)
+        checked = check(path)
+    except Exception as exc:  # noqa: BLE001 - a simplifier crash must not lose a good export
+        return None, f"{label} failed ({type(exc).__name__}: {str(exc).strip()[:200]}); kept the unsimplified export"
+    try:
+        _gate(checked, tolerance)
+    except RuntimeError:
+        return None, (f"the {label}-simplified graph failed the parity check (relative error "
+                      f"{checked['max_rel_diff']:.2e}); kept the unsimplified export")
+    return checked, summary
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17,
                 simplify: bool | str | None = "onnxslim", tolerance: float = 1e-4, trials: int = 5,
                 dynamic_batch: bool = False, exporter: str = "auto", external_data: bool | None = None,
@@ -255,68 +304,47 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset
     if simplifier is not None and not callable(simplifier) and simplifier not in SIMPLIFIERS:
         raise ValueError(f"simplify must be one of {SIMPLIFIERS}, a function ModelProto -> ModelProto, or False; "
                          f"not {simplify!r}")
+    label = simplifier if isinstance(simplifier, str) or simplifier is None else getattr(simplifier, "__name__", "custom")
     if dynamic_batch:
         # Trace with batch 2: a batch of 1 lets exporters fold the batch size into reshapes as a constant.
         example = example[:1].expand(2, *example.shape[1:]).contiguous()
     with _eval_mode(model), torch.no_grad():
         n_out = len(_outputs(model(example)))
     input_names = list(input_names)
-    output_names = list(output_names) if output_names else (["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)])
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    weight_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    output_names = list(output_names) if output_names else (
+        ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)])
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     external = weight_bytes > 0.9 * PROTOBUF_LIMIT if external_data is None else bool(external_data)
-    notes: list[str] = []
-    timing: dict[str, float] = {}
-    batch_sizes = (1, 3) if dynamic_batch else None
 
+    def check(graph_path: Path) -> dict[str, float]:
+        return parity(model, graph_path, example, trials, batch_sizes=(1, 3) if dynamic_batch else None)
+
+    timing: dict[str, float] = {}
     with _eval_mode(model), tempfile.TemporaryDirectory(dir=path.parent, prefix=".edgeslim-export-") as tmp:
         raw_path = Path(tmp) / "raw" / path.name
         raw_path.parent.mkdir()
-        errors = []
         t0 = time.perf_counter()
-        for kind in _choose_exporters(opset, exporter):
-            try:
-                _run_exporter(kind, model, example, raw_path, opset, input_names, output_names, dynamic_batch)
-                break
-            except Exception as exc:  # noqa: BLE001 - any exporter failure: try the other exporter
-                errors.append(f"{kind}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}")
-        else:
-            raise RuntimeError(f"could not export to ONNX opset {opset}: " + " | ".join(errors))
-        if errors:
-            notes.append(f"first exporter failed ({errors[0]}); used {kind}")
+        kind, notes = _export_raw(model, example, raw_path, opset, exporter, input_names, output_names, dynamic_batch)
         timing["export_s"] = time.perf_counter() - t0
-        checked = parity(model, raw_path, example, trials, batch_sizes=batch_sizes)
-        if not checked["max_rel_diff"] <= tolerance:
-            raise RuntimeError(f"the exported ONNX graph differs from PyTorch: relative error "
-                               f"{checked['max_rel_diff']:.2e} > tolerance {tolerance:.0e} (max abs "
-                               f"{checked['max_abs_diff']:.2e}, cosine {checked['cosine']:.6f}); raise the "
-                               "tolerance only if you accept that difference")
+        checked = check(raw_path)
+        _gate(checked, tolerance)
         raw = onnx.load(str(raw_path))  # pulls any external data into memory
         before = after = graph_summary(raw)
-        chosen = None  # the simplified graph's folder when it passes
+        chosen = None  # the folder of a simplified graph that passed
         if simplifier is not None:
-            label = simplifier if isinstance(simplifier, str) else getattr(simplifier, "__name__", "custom")
             t0 = time.perf_counter()
             slim_path = Path(tmp) / "slim" / path.name
             slim_path.parent.mkdir()
-            try:
-                slim = _simplify(raw, simplifier)
-                summary = graph_summary(slim)
-                _save(slim, slim_path, external)
-                slim_check = parity(model, slim_path, example, trials, batch_sizes=batch_sizes)
-                if slim_check["max_rel_diff"] <= tolerance:
-                    checked, after, chosen = slim_check, summary, slim_path
-                else:
-                    notes.append(f"the {label}-simplified graph failed the parity check (relative error "
-                                 f"{slim_check['max_rel_diff']:.2e}); kept the unsimplified export")
-            except Exception as exc:  # noqa: BLE001 - a simplifier crash must not lose a good export
-                notes.append(f"{label} failed ({type(exc).__name__}: {str(exc).strip()[:200]}); "
-                             "kept the unsimplified export")
+            slim_check, detail = _simplified(raw, simplifier, label, slim_path, external, check, tolerance)
+            if slim_check is None:
+                notes.append(detail)
+            else:
+                checked, after, chosen = slim_check, detail, slim_path.parent
             timing["simplify_s"] = time.perf_counter() - t0
         data = path.with_name(path.name + ".data")
         if chosen is not None:
             data.unlink(missing_ok=True)
-            for f in chosen.parent.iterdir():  # the graph and, for big models, its .data file
+            for f in chosen.iterdir():  # the graph and, for big models, its .data file
                 f.replace(path.parent / f.name)
         else:
             _save(raw, path, external)

@@ -104,6 +104,9 @@ def export_for_device(model: nn.Module, example: torch.Tensor, device: str | Dev
     timing["onnx_s"] = time.perf_counter() - t0
     if onnx_result.note:
         notes.append(onnx_result.note)
+    if onnx_result.constant_output:
+        notes.append("the model's outputs did not change with the input (a zero-initialised classifier?): the "
+                     "parity check compared constants; export trained weights to make it meaningful")
     graph = onnx.load(str(out), load_external_data=False)
     channels = check_channels(graph, model, dense_model)
     if dense_model is not None and not channels["differs_from_dense"]:
@@ -198,13 +201,7 @@ def export_for_device(model: nn.Module, example: torch.Tensor, device: str | Dev
     result["notes"] = notes
     result["timing"] = timing
     report = out.with_suffix(".export.json")
-    report.write_text(json.dumps(_jsonable(result), indent=1))
+    report.write_text(json.dumps(result, indent=1, default=str))
     result["report"] = str(report)
     return result
-
-
-def _jsonable(obj: Any) -> Any:
-    from ..cli import to_jsonable
-
-    return to_jsonable(obj)
 
