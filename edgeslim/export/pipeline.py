@@ -64,6 +64,67 @@ def _fp16_graph(src: Path, dst: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
+def _channel_notes(channels: dict[str, Any], has_dense: bool) -> list[str]:
+    """Refuse an unpruned graph for a slim model; note anything else odd about the channel check."""
+    notes = []
+    if has_dense and not channels["differs_from_dense"]:
+        if channels["model_differs_from_dense"]:
+            raise RuntimeError(f"the exported graph has the dense model's convolution shapes although the slim model's "
+                               f"differ ({channels['graph_out_channels']} vs {channels['model_out_channels']} conv "
+                               "output channels): refusing to export an unpruned model")
+        notes.append("the slim model has the dense model's channel counts (nothing was removed)")
+    if not channels["matches_model"]:
+        notes.append("the graph's convolution shapes differ from the model's nn.Conv modules (functional convs or "
+                     f"rewritten weights?): {channels.get('mismatches')}")
+    return notes
+
+
+def _int8(out: Path, device: DeviceProfile, calib: list, eval_data: Dataset | None, method: str,
+          latency_runs: int) -> dict[str, Any]:
+    """Calibrate once on the user's data: ONNX Runtime's layout for CPUs, symmetric Q/DQ for TensorRT."""
+    target = "cpu" if device.kind == "cpu" else "tensorrt"
+    int8_path = out.with_name(out.stem + ".int8.onnx")
+    int8 = quantize_int8(out, int8_path, calib, target=target, method=method).to_dict()
+    if eval_data is not None:
+        int8.update(compare_onnx(out, int8_path, eval_data, latency_runs=latency_runs if target == "cpu" else 0))
+    held_out = calibration_arrays(eval_data, 64) if eval_data is not None else calib[:64]
+    int8["agreement"] = output_agreement(out, int8_path, held_out)  # INT8 vs FP32 graph on real inputs
+    return int8
+
+
+def _tensorrt(out: Path, engine_onnx: Path, device: DeviceProfile, trt_version: str, precision: str, build: bool,
+              calib: list | None, onnx_result, example: torch.Tensor, batch_range, dla_core: int | None,
+              workspace_mb: int) -> dict[str, Any]:
+    """Operator check, trtexec recipe for the device, and an engine where TensorRT runs here."""
+    v = trt_tools.parse_version(trt_version)
+    result: dict[str, Any] = {}
+    if precision == "fp16" and v >= (11, 0):
+        engine_onnx = out.with_name(out.stem + ".fp16.onnx")
+        _fp16_graph(out, engine_onnx)
+        result["fp16_onnx"] = str(engine_onnx)
+    result["tensorrt_ops"] = trt_tools.check_ops(onnx.load(str(engine_onnx), load_external_data=False), v)
+    engine, cache, calib_cache = (out.with_suffix(s) for s in (".engine", ".timing.cache", ".calib.cache"))
+    shape = list(example.shape)
+    result["trtexec"] = trt_tools.trtexec_command(
+        engine_onnx.name, v, engine_path=engine.name, precision=precision, workspace_mb=workspace_mb,
+        timing_cache=cache.name, dla_core=dla_core, input_name=onnx_result.input_names[0], input_shape=shape,
+        dynamic_batch=batch_range)
+    result["trtexec_note"] = (f"run on the {device.display_name} (TensorRT {trt_version}) in a folder holding "
+                              f"{engine_onnx.name}" + (" and its .data file" if onnx_result.external_data else ""))
+    if not build:
+        result["tensorrt"] = {"built": False, "reason": "not requested (--format onnx)"}
+        return result
+    # Below TensorRT 11 the engine built here calibrates the FP32 graph with TensorRT's entropy calibrator.
+    calib_batches = [x[None] for x in calib] if calib is not None and v < (11, 0) else None
+    if calib_batches is not None:
+        calib_cache.unlink(missing_ok=True)  # never reuse another model's ranges
+    result["tensorrt"] = trt_tools.build_engine(
+        str(out if calib_batches is not None else engine_onnx), str(engine), precision=precision,
+        workspace_mb=workspace_mb, timing_cache=str(cache), dla_core=dla_core, calibration_batches=calib_batches,
+        calibration_cache=str(calib_cache), input_shape=shape, dynamic_batch=batch_range).to_dict()
+    return result
+
+
 def export_for_device(model: nn.Module, example: torch.Tensor, device: str | DeviceProfile, out: str | Path, *,
                       precision: str | None = None, opset: int | None = None, tensorrt: str | None = None,
                       dynamic_batch: bool = False, max_batch: int = 32, simplify: str | None = "onnxslim",
@@ -93,110 +154,54 @@ def export_for_device(model: nn.Module, example: torch.Tensor, device: str | Dev
     _check_precision(device, precision, dla_core, calibration is not None)
     chosen_opset = choose_opset(device, opset, tensorrt)
     workspace_mb = workspace_mb if workspace_mb is not None else default_workspace_mb(device)
-    notes: list[str] = []
     timing: dict[str, float] = {}
-    steps = tqdm(total=4, desc=f"export for {device.name}", disable=not progress, leave=False)
+    steps = tqdm(total=2 + (precision == "int8") + bool(trt_version), desc=f"export for {device.name}",
+                 disable=not progress, leave=False)
 
-    steps.set_postfix_str("ONNX + parity")
-    t0 = time.perf_counter()
-    onnx_result = export_onnx(model, example, out, opset=chosen_opset, simplify=simplify, tolerance=tolerance,
-                              trials=trials, dynamic_batch=dynamic_batch, exporter=exporter)
-    timing["onnx_s"] = time.perf_counter() - t0
-    if onnx_result.note:
-        notes.append(onnx_result.note)
+    def step(name: str, fn, *args, **kwargs):
+        steps.set_postfix_str(name)
+        t0 = time.perf_counter()
+        value = fn(*args, **kwargs)
+        timing[f"{name}_s"] = time.perf_counter() - t0
+        steps.update()
+        return value
+
+    onnx_result = step("onnx", export_onnx, model, example, out, opset=chosen_opset, simplify=simplify,
+                       tolerance=tolerance, trials=trials, dynamic_batch=dynamic_batch, exporter=exporter)
+    notes = [onnx_result.note] if onnx_result.note else []
     if onnx_result.constant_output:
         notes.append("the model's outputs did not change with the input (a zero-initialised classifier?): the "
                      "parity check compared constants; export trained weights to make it meaningful")
-    graph = onnx.load(str(out), load_external_data=False)
-    channels = check_channels(graph, model, dense_model)
-    if dense_model is not None and not channels["differs_from_dense"]:
-        if channels["model_differs_from_dense"]:
-            raise RuntimeError(f"the exported graph has the dense model's convolution shapes although the slim model's "
-                               f"differ ({channels['graph_out_channels']} vs {channels['model_out_channels']} conv "
-                               "output channels): refusing to export an unpruned model")
-        notes.append("the slim model has the dense model's channel counts (nothing was removed)")
-    if not channels["matches_model"]:
-        notes.append("the graph's convolution shapes differ from the model's nn.Conv modules (functional convs or "
-                     f"rewritten weights?): {channels.get('mismatches')}")
-    steps.update()
-
+    channels = check_channels(onnx.load(str(out), load_external_data=False), model, dense_model)
+    notes += _channel_notes(channels, dense_model is not None)
     result: dict[str, Any] = {
         "device": device.name, "device_kind": device.kind, "precision": precision, "tensorrt_version": trt_version,
         "onnx": onnx_result.to_dict(), "channels": channels,
     }
-    input_shape = list(example.shape)
-    batch_range = (1, min(8, max_batch), max_batch) if dynamic_batch else None
-    engine_onnx = out  # the graph trtexec / the builder read
-
-    # INT8: calibrate once on the user's data; ONNX Runtime layout for CPUs, symmetric Q/DQ for TensorRT.
-    calib = None
-    if precision == "int8":
-        steps.set_postfix_str("INT8 calibration")
-        t0 = time.perf_counter()
-        calib = calibration_arrays(calibration, calibration_samples)
-        target = "cpu" if device.kind == "cpu" else "tensorrt"
-        int8_path = out.with_name(out.stem + ".int8.onnx")
-        q = quantize_int8(out, int8_path, calib, target=target, method=calibration_method)
-        int8 = q.to_dict()
-        if eval_data is not None:
-            int8.update(compare_onnx(out, int8_path, eval_data,
-                                     latency_runs=latency_runs if device.kind == "cpu" else 0))
-        else:
+    calib = calibration_arrays(calibration, calibration_samples) if precision == "int8" else None
+    engine_onnx = out  # the graph trtexec and the builder read
+    if calib is not None:
+        result["int8"] = step("int8", _int8, out, device, calib, eval_data, calibration_method, latency_runs)
+        if eval_data is None:
             notes.append("no labelled evaluation data: the INT8 accuracy change was not measured")
-        held_out = calibration_arrays(eval_data, 64) if eval_data is not None else calib[:64]
-        int8["agreement"] = output_agreement(out, int8_path, held_out)  # INT8 vs FP32 graph on real inputs
-        result["int8"] = int8
-        if target == "tensorrt":
-            engine_onnx = int8_path
-        timing["int8_s"] = time.perf_counter() - t0
-    steps.update()
-
+        if device.kind != "cpu":
+            engine_onnx = Path(result["int8"]["path"])
     if trt_version:
-        v = trt_tools.parse_version(trt_version)
-        if precision == "fp16" and v >= (11, 0):
-            engine_onnx = out.with_name(out.stem + ".fp16.onnx")
-            _fp16_graph(out, engine_onnx)
-            result["fp16_onnx"] = str(engine_onnx)
+        batch_range = (1, min(8, max_batch), max_batch) if dynamic_batch else None
+        result.update(step("tensorrt", _tensorrt, out, engine_onnx, device, trt_version, precision, build, calib,
+                           onnx_result, example, batch_range, dla_core, workspace_mb))
+        if "fp16_onnx" in result:
             notes.append("TensorRT 11 takes precision from the graph: the trtexec command reads the FP16 copy")
-        result["tensorrt_ops"] = trt_tools.check_ops(onnx.load(str(engine_onnx), load_external_data=False), v)
         if not result["tensorrt_ops"]["ok"]:
             notes.append(f"the graph uses operators TensorRT {trt_version} does not support as-is: see tensorrt_ops")
-        engine = out.with_suffix(".engine")
-        cache = out.with_suffix(".timing.cache")
-        result["trtexec"] = trt_tools.trtexec_command(
-            engine_onnx.name, v, engine_path=engine.name, precision=precision, workspace_mb=workspace_mb,
-            timing_cache=cache.name, dla_core=dla_core, input_name=onnx_result.input_names[0],
-            input_shape=input_shape, dynamic_batch=batch_range)
-        result["trtexec_note"] = (f"run on the {device.display_name} (TensorRT {trt_version}) in a folder holding "
-                                  f"{engine_onnx.name}" + (" and its .data file" if onnx_result.external_data else ""))
-        steps.set_postfix_str("TensorRT")
-        if build:
-            t0 = time.perf_counter()
-            calib_batches = [x[None] for x in calib] if calib is not None and v < (11, 0) else None
-            build_onnx = out if calib_batches is not None else engine_onnx  # the calibrator wants the FP32 graph
-            if calib_batches is not None:
-                out.with_suffix(".calib.cache").unlink(missing_ok=True)  # never reuse another model's ranges
-            trt_result = trt_tools.build_engine(
-                str(build_onnx), str(engine), precision=precision, workspace_mb=workspace_mb,
-                timing_cache=str(cache), dla_core=dla_core, calibration_batches=calib_batches,
-                calibration_cache=str(out.with_suffix(".calib.cache")), input_shape=input_shape,
-                dynamic_batch=batch_range)
-            result["tensorrt"] = trt_result.to_dict()
-            timing["tensorrt_s"] = time.perf_counter() - t0
-        else:
-            result["tensorrt"] = {"built": False, "reason": "not requested (--format onnx)"}
     else:
         result["trtexec"] = None
         result["tensorrt"] = {"built": False, "reason": f"{device.name} runs ONNX Runtime, not TensorRT"}
-    steps.update()
-
-    steps.set_postfix_str("estimate")
-    cost_example = example[:1] if dynamic_batch else example
-    est = estimate_model(model, cost_example, device, precision=precision, workspace_mb=workspace_mb)
+    est = step("estimate", estimate_model, model, example[:1] if dynamic_batch else example, device,
+               precision=precision, workspace_mb=workspace_mb)
     result["estimate"] = {"latency_ms": est.latency_ms, "precision": est.precision, "memory": est.memory,
                           "warnings": est.warnings, "assumptions": est.assumptions}
     notes.extend(est.warnings)
-    steps.update()
     steps.close()
     result["notes"] = notes
     result["timing"] = timing
