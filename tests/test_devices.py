@@ -98,6 +98,12 @@ def test_users_add_and_override_profiles_by_dropping_files(tmp_path, monkeypatch
     assert get_device("rtx-3060").memory_gb == 8  # the user's file wins over the built-in
 
 
+def test_devices_json_output_is_a_valid_profile_file(tmp_path, monkeypatch):
+    data = get_device("jetson-xavier-nx").to_dict()  # what `edgeslim devices jetson-xavier-nx --json` prints
+    data.update(name="my-xavier", power_modes=["10W"])
+    assert load_profile(_write(tmp_path, data)).power_modes == ["10W"]
+
+
 def test_config_folder_is_searched(tmp_path, monkeypatch):
     _write(tmp_path / "config" / "edgeslim" / "devices", _valid("lab-orin"))
     assert get_device("lab-orin").display_name == "My board"

@@ -70,6 +70,7 @@ def validate(data: dict[str, Any], where: str) -> dict[str, Any]:
     """Check one profile's fields and return them normalised; raise ValueError naming the problem."""
     if not isinstance(data, dict):
         _fail(where, "must be a JSON object")
+    data = {k: v for k, v in data.items() if k != "origin"}  # `edgeslim devices NAME --json` output is a valid file
     unknown = set(data) - set(_REQUIRED) - set(_OPTIONAL)
     if unknown:
         _fail(where, f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_REQUIRED) + sorted(_OPTIONAL)}")
