@@ -3,7 +3,7 @@ ONNX Runtime, the TensorRT operator check, and (with --slim) the engine's slim m
 channel counts verified in the graph.
 
     python benchmarks/export_all.py [--device jetson-orin-nano-8gb] [--slim] [--models a,b] [--max-params 2e8]
-                                    [--jsonl results.jsonl]
+                                    [--simplifier onnxslim|onnxsim|none] [--jsonl results.jsonl]
 
 Prints one row per model and a summary line (passed / exported / skipped). Random weights: parity is
 about the graph, not about accuracy. Models with more than --max-params parameters are skipped (and
@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument("--models", help="comma-separated torchvision names (default: every classification model)")
     ap.add_argument("--slim", action="store_true", help="export the engine's slim model instead of the dense one")
     ap.add_argument("--max-params", type=float, default=2e8)
+    ap.add_argument("--simplifier", default="onnxslim", choices=["onnxslim", "onnxsim", "none"])
     ap.add_argument("--jsonl", help="also write one JSON object per model to this file")
     args = ap.parse_args()
     names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
@@ -65,7 +66,8 @@ def main() -> int:
                 if args.slim:
                     dense, model = model, slim_version(model, x)
                 r = export_for_device(model, x, args.device, Path(tmp) / f"{name}.onnx", build=False,
-                                      dense_model=dense, progress=False)
+                                      dense_model=dense, progress=False,
+                                      simplify=None if args.simplifier == "none" else args.simplifier)
                 o = r["onnx"]
                 record.update(constant_output=o["constant_output"], opset=o["opset"], exporter=o["exporter"],
                               nodes_before=o["nodes_before"],

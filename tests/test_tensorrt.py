@@ -90,7 +90,7 @@ def test_trtexec_flags_are_valid_for_each_version():
 def test_trtexec_dla_dynamic_batch_and_refusals():
     cmd = trtexec_command("m.onnx", "10.3", precision="fp16", dla_core=1, input_shape=(1, 3, 224, 224),
                           dynamic_batch=(1, 8, 32))
-    assert "--useDLACore=1" in cmd and "--allowGPUFallback" in cmd
+    assert "--useDLACore=1" in cmd and "--allowGPUFallback" in cmd and "--useCudaGraph" not in cmd
     assert "--minShapes=input:1x3x224x224" in cmd and "--optShapes=input:8x3x224x224" in cmd
     assert "--maxShapes=input:32x3x224x224" in cmd and "--shapes=input:8x3x224x224" in cmd
     assert "--calib=c.cache" in trtexec_command("m.onnx", "8.5", precision="int8", calibration_cache="c.cache")

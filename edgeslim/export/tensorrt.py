@@ -228,8 +228,9 @@ def trtexec_command(onnx_path: str, tensorrt: str | Sequence[int], *, engine_pat
     if timing:
         args += ["--warmUp=500", "--duration=10", "--iterations=200"]
         if v < (11, 0):
-            # TensorRT 11 does these by default; passing them there is a deprecated no-op.
-            args += ["--useCudaGraph", "--noDataTransfers", "--useSpinWait"]
+            # TensorRT 11 does these by default; passing them there is a deprecated no-op. CUDA graphs are
+            # left out for DLA engines, whose work is not captured in a GPU stream.
+            args += (["--useCudaGraph"] if dla_core is None else []) + ["--noDataTransfers", "--useSpinWait"]
         args.append("--percentile=50,90,99" if v >= (10, 0) else "--percentile=99")
     else:
         args.append("--skipInference")
