@@ -6,7 +6,7 @@ import torch
 from edgeslim.devices import get_device
 from edgeslim.export import check_channels, choose_opset, export_onnx
 from edgeslim.export.onnx import ort_session
-from tiny_models import BranchNet, TinyNet, example
+from tiny_models import AuxNet, BranchNet, TinyNet, example
 
 
 def _opset(path) -> int:
@@ -123,3 +123,10 @@ def test_models_over_2gb_are_saved_with_external_data(tmp_path):
     result = export_onnx(model, example(), tmp_path / "big.onnx", opset=17)
     assert result.external_data and (tmp_path / "big.onnx.data").stat().st_size > 2 * 1024**3
     assert (tmp_path / "big.onnx").stat().st_size < 1024**2 and result.max_rel_diff < 1e-4
+
+
+def test_channel_check_ignores_convolutions_the_forward_pass_skips(tmp_path):
+    model = AuxNet()
+    export_onnx(model, example(), tmp_path / "aux.onnx", opset=17, simplify=False)
+    assert check_channels(tmp_path / "aux.onnx", model, example=example())["matches_model"]
+    assert not check_channels(tmp_path / "aux.onnx", model)["matches_model"]  # counting every module: the aux conv

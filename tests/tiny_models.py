@@ -23,6 +23,18 @@ class TinyNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class AuxNet(TinyNet):
+    """An Inception-style auxiliary head: trained with, skipped in eval mode, so it is not in the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x):
+        out = super().forward(x)
+        return (out, self.aux(self.stem(x)).mean()) if self.training else out
+
+
 def build(num_classes: int = 10, width: int = 16) -> nn.Module:
     return TinyNet(num_classes, width)
 

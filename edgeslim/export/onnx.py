@@ -155,21 +155,38 @@ def _conv_weight_shapes(graph: onnx.ModelProto) -> list[tuple[int, ...]]:
     return sorted(inits[n.input[1]] for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in inits)
 
 
-def _module_conv_shapes(model: nn.Module) -> list[tuple[int, ...]]:
-    return sorted(tuple(m.weight.shape) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)))
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def check_channels(onnx_model: onnx.ModelProto | str | Path, model: nn.Module,
-                   dense_model: nn.Module | None = None) -> dict[str, Any]:
+def _module_conv_shapes(model: nn.Module, example: torch.Tensor | None = None) -> list[tuple[int, ...]]:
+    """Weight shapes of the model's convolutions; with ``example``, only those the forward pass runs
+    (an Inception's auxiliary classifier is skipped in eval mode and is not in the graph)."""
+    convs = [m for m in model.modules() if isinstance(m, _CONVS)]
+    if example is not None:
+        ran: list[nn.Module] = []
+        handles = [m.register_forward_hook(lambda mod, _i, _o: ran.append(mod)) for m in convs]
+        try:
+            with _eval_mode(model), torch.no_grad():
+                model(example)
+        finally:
+            for h in handles:
+                h.remove()
+        convs = list({id(m): m for m in ran}.values())
+    return sorted(tuple(m.weight.shape) for m in convs)
+
+
+def check_channels(onnx_model: onnx.ModelProto | str | Path, model: nn.Module, dense_model: nn.Module | None = None,
+                   example: torch.Tensor | None = None) -> dict[str, Any]:
     """Do the graph's convolution weights have the slim model's channel counts (and not the dense one's)?
 
-    Compares the multiset of Conv weight shapes (out, in/groups, kh, kw) in the graph with the model's
-    ``nn.Conv1d/2d/3d`` weights; names are ignored because exporters rename folded weights. An unpruned
-    model exported by mistake shows up as ``differs_from_dense: False``.
+    Compares the multiset of Conv weight shapes (out, in/groups, k...) in the graph with the model's
+    ``nn.Conv1d/2d/3d`` weights (with ``example``: those the forward pass runs); names are ignored because
+    exporters rename folded weights. An unpruned model exported by mistake shows up as
+    ``differs_from_dense: False``.
     """
     if not isinstance(onnx_model, onnx.ModelProto):
         onnx_model = onnx.load(str(onnx_model), load_external_data=False)
-    in_graph, expected = _conv_weight_shapes(onnx_model), _module_conv_shapes(model)
+    in_graph, expected = _conv_weight_shapes(onnx_model), _module_conv_shapes(model, example)
     result: dict[str, Any] = {"conv_layers": len(in_graph), "matches_model": in_graph == expected,
                               "graph_out_channels": sum(s[0] for s in in_graph),
                               "model_out_channels": sum(s[0] for s in expected)}
@@ -179,7 +196,7 @@ def check_channels(onnx_model: onnx.ModelProto | str | Path, model: nn.Module,
         result["mismatches"] = {"in_model_not_graph": [list(s) for s in missing],
                                 "in_graph_not_model": [list(s) for s in extra]}
     if dense_model is not None:
-        dense = _module_conv_shapes(dense_model)
+        dense = _module_conv_shapes(dense_model, example)
         result["dense_out_channels"] = sum(s[0] for s in dense)
         result["differs_from_dense"] = in_graph != dense
         result["model_differs_from_dense"] = expected != dense

@@ -172,7 +172,7 @@ def export_for_device(model: nn.Module, example: torch.Tensor, device: str | Dev
     if onnx_result.constant_output:
         notes.append("the model's outputs did not change with the input (a zero-initialised classifier?): the "
                      "parity check compared constants; export trained weights to make it meaningful")
-    channels = check_channels(onnx.load(str(out), load_external_data=False), model, dense_model)
+    channels = check_channels(onnx.load(str(out), load_external_data=False), model, dense_model, example[:1])
     notes += _channel_notes(channels, dense_model is not None)
     result: dict[str, Any] = {
         "device": device.name, "device_kind": device.kind, "precision": precision, "tensorrt_version": trt_version,
