@@ -285,11 +285,12 @@ def _gate(checked: dict[str, float], tolerance: float) -> None:
                            "tolerance only if you accept that difference")
 
 
-def _simplified(raw: onnx.ModelProto, simplifier, label: str, path: Path, external: bool, check,
+def _simplified(raw_path: Path, simplifier, label: str, path: Path, external: bool, check,
                 tolerance: float) -> tuple:
-    """Simplify ``raw`` into ``path`` and check it; (parity, summary) when it passes, else (None, the reason)."""
+    """Simplify the graph at ``raw_path`` into ``path`` and check it; (parity, summary) when it passes, else
+    (None, the reason). The raw graph is only held while the simplifier runs: big models stay affordable."""
     try:
-        slim = _simplify(raw, simplifier)
+        slim = _simplify(onnx.load(str(raw_path)), simplifier)
         summary = graph_summary(slim)
         _save(slim, path, external)
         checked = check(path)
@@ -345,14 +346,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset
         timing["export_s"] = time.perf_counter() - t0
         checked = check(raw_path)
         _gate(checked, tolerance)
-        raw = onnx.load(str(raw_path))  # pulls any external data into memory
-        before = after = graph_summary(raw)
+        before = after = graph_summary(onnx.load(str(raw_path), load_external_data=False))
         chosen = None  # the folder of a simplified graph that passed
         if simplifier is not None:
             t0 = time.perf_counter()
             slim_path = Path(tmp) / "slim" / path.name
             slim_path.parent.mkdir()
-            slim_check, detail = _simplified(raw, simplifier, label, slim_path, external, check, tolerance)
+            slim_check, detail = _simplified(raw_path, simplifier, label, slim_path, external, check, tolerance)
             if slim_check is None:
                 notes.append(detail)
             else:
@@ -364,7 +364,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset
             for f in chosen.iterdir():  # the graph and, for big models, its .data file
                 f.replace(path.parent / f.name)
         else:
-            _save(raw, path, external)
+            _save(onnx.load(str(raw_path)), path, external)  # one layout whatever the exporter wrote
     return ExportResult(
         path=str(path), opset=opset, nodes_before=before["nodes"], nodes_after=after["nodes"],
         simplified=chosen is not None, note="; ".join(notes), exporter=kind,
