@@ -139,3 +139,16 @@ def test_file_name_must_match_and_cpu_is_reserved(tmp_path):
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load_profile(tmp_path / "broken.json")
+
+
+def test_the_engine_rounds_channels_to_the_profile_multiple():
+    import torch
+
+    import edgeslim
+    from tiny_models import TinyNet
+
+    result = edgeslim.prune(TinyNet(width=32), torch.randn(1, 3, 32, 32), target={"channels": 0.5},
+                            round_to="device", device="jetson-orin-nano-8gb", progress=False)
+    convs = [m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.out_channels % get_device("jetson-orin-nano-8gb").preferred_channel_multiple == 0 for m in convs)
+    assert sum(m.out_channels for m in convs) < 32 * 3 + 64
