@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeslim.cli import export as export_cli
 from edgeslim.cli import main
 from edgeslim.models import save_checkpoint
 from tiny_models import TinyNet
@@ -38,6 +39,9 @@ def test_export_json_for_a_jetson(capsys, tmp_path):
     assert isinstance(r["trtexec"], str) and r["trtexec"].startswith("trtexec --onnx=m.onnx")
     assert r["tensorrt"]["built"] is False and r["tensorrt"]["reason"]
     assert r["tensorrt_ops"]["ok"] and r["channels"]["matches_model"] and r["input_shape"] == [1, 3, 32, 32]
+    export_cli.render(r)  # the human summary of the same result
+    text = capsys.readouterr().out
+    assert "trtexec   trtexec --onnx=m.onnx" in text and "engine    not built:" in text
 
 
 def test_export_a_checkpoint_for_jetpack_4(capsys, tmp_path):
@@ -73,6 +77,8 @@ def test_export_int8_for_the_cpu(capsys, tmp_path):
     q = r["int8"]
     assert q["samples"] == 60 and q["calibration_samples"] == 40 and 0 <= q["accuracy_int8"] <= 100
     assert "int8_speedup" in q and Path(q["path"]).exists()
+    export_cli.render(r)
+    assert "x faster than FP32 in ONNX Runtime here" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args, message", [
