@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..compress.fbs_condconv import fbs_cost, fbs_layers, to_fbs_condconv
 from ..metrics import count
 from .common import add_command, add_model_args, human, resolve_model
 
@@ -12,20 +13,33 @@ def add_parser(sub) -> None:
     add_model_args(p)
     p.add_argument("--device", metavar="P", help="add a roofline latency and memory estimate on this device profile")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="precision of the estimate (device default)")
+    p.add_argument("--fbs-condconv", type=float, metavar="D", dest="fbs_density",
+                   help="inspect MODEL with its convolutions turned into FBS-pruned CondConv at gate density D "
+                        "(adds macs_thesis; macs becomes the exact per-example cost of the skip inference path)")
+    p.add_argument("--experts", type=int, default=4, help="CondConv experts per layer with --fbs-condconv (default 4)")
 
 
 def run(args) -> dict:
     loaded = resolve_model(args)
     example = loaded.example_input()
-    cost = count(loaded.model, example)
+    model = loaded.model
+    if args.fbs_density is not None:
+        model = to_fbs_condconv(model, density=args.fbs_density, experts=args.experts)
+    cost = count(model, example)
     result = cost.to_dict()
     result["model"] = args.model
     if args.device:
         from ..devices import estimate_model
 
-        result["estimate"] = estimate_model(loaded.model, example, args.device, precision=args.precision,
+        result["estimate"] = estimate_model(model, example, args.device, precision=args.precision,
                                             cost=cost).to_dict()
     result["unsupported_ops"] = []  # filled by the slimming engine's coverage report
+    if fbs_layers(model):
+        # Dynamic models: macs = what the gathering inference computes per example, beside the thesis convention.
+        cost = fbs_cost(model, example).to_dict()
+        result.update(macs=cost["macs"], flops=2 * cost["macs"], macs_thesis=cost["macs_thesis"],
+                      macs_dense_path=cost["macs_dense_path"],
+                      fbs_condconv={k: cost[k] for k in ("layers", "convention", "other_macs", "other_macs_thesis")})
     return result
 
 
@@ -34,6 +48,9 @@ def render(r: dict) -> None:
     for layer in r["layers"]:
         print(f"{layer['name'][:40]:<40} {layer['type'][:18]:<18} {human(layer['macs']):>12} "
               f"{human(layer['params']):>10}  {layer['output_shape']}")
+    if "macs_thesis" in r:
+        print(f"\nFBS-CondConv: exact MACs per example {human(r['macs'])}, thesis convention "
+              f"{human(r['macs_thesis'])}, batched mask path {human(r['macs_dense_path'])}")
     print(f"\nMACs {human(r['macs'])}  FLOPs {human(r['flops'])}  params {human(r['params'])} "
           f"({human(r['param_bytes'], 'B')})  peak activations {human(r['peak_activation_bytes'], 'B')}")
     if "estimate" in r:
