@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 # Adding a command = adding a module with add_parser(subparsers) and listing it here.
-COMMANDS = ["demo", "train", "inspect", "prune", "finetune", "bench", "report", "lda_family"]
+COMMANDS = ["demo", "train", "inspect", "prune", "finetune", "export", "devices", "bench", "report", "lda_family"]
 
 
 def to_jsonable(obj: Any) -> Any:
