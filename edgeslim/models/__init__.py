@@ -30,7 +30,7 @@ CHECKPOINT_FORMAT = "edgeslim-checkpoint/1"
 ZOO: dict[str, Callable[..., nn.Module]] = {}
 ZOO_INPUT: dict[str, tuple[int, ...]] = {}  # zoo models whose natural input is not 1x3x32x32
 # Modules that register zoo models next to the method they belong to; imported when the zoo is first used.
-ZOO_MODULES = ["edgeslim.compress.fbs_condconv"]
+ZOO_MODULES = ["edgeslim.compress.fbs_condconv", "edgeslim.models.inception"]
 
 
 def _zoo() -> dict[str, Callable[..., nn.Module]]:
@@ -57,7 +57,6 @@ for _depth in (20, 32, 44, 56, 110):
 register_zoo("vgg16")(lambda num_classes=10, **kw: CifarVGG16(num_classes, **kw))
 register_zoo("mcifarnet")(lambda num_classes=10, **kw: MCifarNet(num_classes, **kw))
 
-from . import inception  # noqa: E402,F401  (registers zoo:inception, zoo:inception-N, zoo:inception-cifar)
 
 # torchvision models whose natural input is not 224x224
 _TORCHVISION_INPUT = {"inception_v3": 299}
