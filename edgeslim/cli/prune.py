@@ -45,6 +45,9 @@ def run(args) -> dict:
 
     if args.epochs and not args.data:
         raise ValueError("--finetune-epochs needs --data (the data to fine-tune on)")
+    if "latency" in args.target and not args.device:  # fail before tracing, not after a progress bar
+        raise ValueError("a latency target needs the device it is measured on: --device cpu times ONNX Runtime "
+                         "on this host's CPU")
     config, augment = training_config(args, args.data, lr=0.01, batch_size=64) if args.epochs else (None, "standard")
     seed = args.seed if args.seed is not None else 0
     data = load_data(args.data, image_size=args.input[-1] if args.input else None, augment=augment) \
