@@ -132,8 +132,13 @@ def distributed_session(device: str | torch.device | None = None) -> Iterator[Di
     """``init_distributed`` for the duration of a command; leaves the group it created."""
     already = tdist.is_available() and tdist.is_initialized()
     ctx = init_distributed(device)
+    leave = ctx.is_distributed and not already
     try:
         yield ctx
-    finally:
-        if ctx.is_distributed and not already:
+    except BaseException:
+        if leave:  # no barrier: the other ranks may never reach it
             tdist.destroy_process_group()
+        raise
+    if leave:
+        ctx.barrier()  # nobody tears down its end of the group while another rank still talks to it
+        tdist.destroy_process_group()
