@@ -3,12 +3,14 @@
 Trains a dense CIFAR-style ResNet-20 on the embedded digits data, prunes it to a MACs target
 with the L1 criterion, then fine-tunes the same slim model with the 'digits' recipe for several lengths,
 with and without knowledge distillation from the dense model (Hinton KD; default T = 4, alpha = 0.5,
-edgeslim's defaults), over several seeds, and prints one table.
+edgeslim's defaults; ``--alphas 0.5,0.9`` compares distillation weights on the same runs), over several
+seeds, and prints one table.
 
 Pruning uses the slimming engine (``edgeslim.prune``, method l1, one MACs target).
 
     python benchmarks/finetune_kd.py                     # 1, 2 and 6 fine-tuning epochs, 5 seeds
     python benchmarks/finetune_kd.py --epochs 2 --seeds 3 --json
+    python benchmarks/finetune_kd.py --epochs 1,2 --seeds 3 --alphas 0.5,0.9
 """
 from __future__ import annotations
 
@@ -38,17 +40,23 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def _key(alpha: float | None) -> str:
+    return "plain" if alpha is None else f"kd@{alpha:g}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--macs", type=float, default=0.3, help="MACs target of the slim model (slim/dense)")
     ap.add_argument("--dense-epochs", type=int, default=8)
     ap.add_argument("--epochs", default="1,2,6", help="fine-tuning lengths to compare, comma-separated")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term (edgeslim default 0.5)")
+    ap.add_argument("--alphas", default="0.5",
+                    help="weights of the distillation term to compare, comma-separated (edgeslim default 0.5)")
     ap.add_argument("--temperature", type=float, default=4.0, help="KD temperature (edgeslim default 4)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     lengths = [int(e) for e in args.epochs.split(",")]
+    alphas = [float(a) for a in args.alphas.split(",")]
     torch.set_num_threads(1)  # a small shared machine; the results do not depend on it
 
     data = load_data("digits")
@@ -67,28 +75,31 @@ def main() -> None:
     for epochs in lengths:
         for seed in range(args.seeds):
             row = {"epochs": epochs, "seed": seed}
-            for kd in (False, True):
+            for alpha in (None, *alphas):  # None: no distillation
                 student = copy.deepcopy(slim)
                 r = fit(student, data.train, data.test, recipe.config(epochs=epochs, seed=seed),
-                        [Distillation(dense, args.temperature, args.alpha)] if kd else [], progress=False)
-                row["kd" if kd else "plain"] = r["accuracy"]
-            row["gain"] = row["kd"] - row["plain"]
+                        [Distillation(dense, args.temperature, alpha)] if alpha is not None else [], progress=False)
+                row[_key(alpha)] = r["accuracy"]
+            for alpha in alphas:
+                row[f"gain@{alpha:g}"] = row[_key(alpha)] - row["plain"]
             rows.append(row)
-            print(f"{epochs} epochs, seed {seed}: without KD {row['plain']:.2f} %, with KD {row['kd']:.2f} %",
-                  file=sys.stderr)
+            print(f"{epochs} epochs, seed {seed}: " + ", ".join(f"{k} {v:.2f} %" for k, v in row.items()
+                                                              if k == "plain" or k.startswith("kd")), file=sys.stderr)
 
     table = []
     for epochs in lengths:
         mine = [r for r in rows if r["epochs"] == epochs]
-        table.append({"epochs": epochs, "plain": _mean_sd([r["plain"] for r in mine]),
-                      "kd": _mean_sd([r["kd"] for r in mine]), "gain": _mean_sd([r["gain"] for r in mine]),
-                      "kd_better": sum(r["gain"] > 0 for r in mine), "kd_worse": sum(r["gain"] < 0 for r in mine),
-                      "seeds": len(mine)})
+        line = {"epochs": epochs, "plain": _mean_sd([r["plain"] for r in mine]), "seeds": len(mine)}
+        for alpha in alphas:
+            gains = [r[f"gain@{alpha:g}"] for r in mine]
+            line[_key(alpha)] = {"accuracy": _mean_sd([r[_key(alpha)] for r in mine]), "gain": _mean_sd(gains),
+                                 "better": sum(g > 0 for g in gains), "worse": sum(g < 0 for g in gains)}
+        table.append(line)
     summary = {
         "data": "digits (360 test images)", "model": "zoo:resnet20", "pruner": pruner, "macs_ratio": ratio,
         "dense_accuracy": dense_acc, "accuracy_before_finetune": before,
         "finetune": {k: v for k, v in recipe.options.items() if k != "epochs"},
-        "kd": {"temperature": args.temperature, "alpha": args.alpha},
+        "kd": {"temperature": args.temperature, "alphas": alphas},
         "table": table, "rows": rows, "wall_s": time.perf_counter() - t0,
     }
     if args.json:
@@ -98,15 +109,18 @@ def main() -> None:
     print(f"ResNet-20 on digits (360 test images): dense {dense_acc:.2f} %; pruned with {pruner} to {ratio:.3f} of "
           f"the dense MACs: {before:.2f} % before fine-tuning.")
     print(f"Fine-tune: recipe 'digits' (SGD lr {ft['lr']}, cosine, batch {ft['batch_size']}), {args.seeds} seeds "
-          f"(data order and augmentation); KD: T = {args.temperature:g}, alpha = {args.alpha:g}, teacher = the dense "
-          "model. Last-epoch test "
-          "accuracy, mean ± sd over seeds.\n")
-    print("| fine-tune epochs | without KD (%) | with KD (%) | KD gain (points) | seeds KD better / worse |")
-    print("|---:|---:|---:|---:|---:|")
+          f"(data order and augmentation); KD: T = {args.temperature:g}, teacher = the dense model. Last-epoch test "
+          "accuracy, mean ± sd over seeds; gain = KD minus no KD on the same seed.\n")
+    print("| fine-tune epochs | without KD (%) | " + " | ".join(
+        f"with KD, α = {a:g} (%) | gain α = {a:g} (points) | α = {a:g} better / worse" for a in alphas) + " |")
+    print("|---:|---:|" + "---:|---:|---:|" * len(alphas))
     for t in table:
-        (pm, ps), (km, ks), (gm, gs) = t["plain"], t["kd"], t["gain"]
-        print(f"| {t['epochs']} | {pm:.2f} ± {ps:.2f} | {km:.2f} ± {ks:.2f} | {gm:+.2f} ± {gs:.2f} | "
-              f"{t['kd_better']} / {t['kd_worse']} of {t['seeds']} |")
+        cells = [f"{t['epochs']}", "{:.2f} ± {:.2f}".format(*t["plain"])]
+        for alpha in alphas:
+            kd = t[_key(alpha)]
+            cells += ["{:.2f} ± {:.2f}".format(*kd["accuracy"]), "{:+.2f} ± {:.2f}".format(*kd["gain"]),
+                      f"{kd['better']} / {kd['worse']} of {t['seeds']}"]
+        print("| " + " | ".join(cells) + " |")
     print(f"\n{summary['wall_s']:.0f} s")
 
 
