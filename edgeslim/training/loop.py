@@ -62,6 +62,8 @@ class TrainState:
     step: int = 0
     train_set: Dataset | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    steps_per_epoch: int = 1                 # of the full training set: the schedule's unit of one epoch
+    batch_indices: torch.Tensor | None = None  # sample indices of the current batch, when the data set yields them
 
 
 class Callback:
@@ -69,6 +71,12 @@ class Callback:
 
     def on_epoch_start(self, state: TrainState) -> None:
         """Runs before an epoch; may replace ``state.train_set`` (e.g. with a pruned subset)."""
+
+    def forward(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Logits of this training batch computed differently (e.g. ViT patch dropping); ``None`` = ``model(x)``."""
+
+    def targets(self, state: TrainState, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """Soft targets (batch x classes) replacing the one-hot labels of this batch (e.g. smoothed labels)."""
 
     def extra_loss(self, state: TrainState, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         """A term added to the training loss of this batch (e.g. distillation, a regulariser)."""
@@ -120,7 +128,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 256
     loss_sum = 0.0
     per_class_hit: dict[int, int] = {}
     per_class_n: dict[int, int] = {}
-    for x, y in loader:
+    for x, y, *_ in loader:  # a data set may also yield sample indices
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -152,7 +160,8 @@ def fit(model: nn.Module, train_set: Dataset, test_set: Dataset | None, config: 
     model.to(device)
     opt = make_optimizer(model, config)
     steps = math.ceil(len(train_set) / config.batch_size)
-    state = TrainState(model, opt, make_scheduler(opt, config, steps), config, train_set=train_set)
+    state = TrainState(model, opt, make_scheduler(opt, config, steps), config, train_set=train_set,
+                       steps_per_epoch=steps)
     start = time.perf_counter()
     bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
     for epoch in range(config.epochs):
@@ -186,10 +195,14 @@ def train_one_epoch(state: TrainState, callbacks: list[Callback], device) -> dic
     loader = make_loader(data, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + state.epoch)
     model.train()
     loss_sum = correct = seen = 0.0
-    for x, y in loader:
+    for i, (x, y, *index) in enumerate(loader):  # a data set may also yield sample indices
         x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        state.batch_indices = index[0] if index else None
+        logits = _first_answer(callbacks, "forward", state, x, y)
+        if logits is None:
+            logits = model(x)
+        soft = _first_answer(callbacks, "targets", state, x, y, logits)
+        loss = F.cross_entropy(logits, y if soft is None else soft, label_smoothing=cfg.label_smoothing)
         for cb in callbacks:
             extra = cb.extra_loss(state, x, y, logits)
             if extra is not None:
@@ -199,10 +212,30 @@ def train_one_epoch(state: TrainState, callbacks: list[Callback], device) -> dic
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        state.scheduler.step()
+        _advance_schedule(state, (i + 1) / len(loader))
         state.step += 1
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
     return {"epoch": state.epoch + 1, "loss": loss_sum / max(1, seen), "train_accuracy": 100.0 * correct / max(1, seen),
             "lr": opt.param_groups[0]["lr"], "samples": int(seen)}
+
+
+def _first_answer(callbacks: list[Callback], hook: str, *args):
+    """The one callback answer for ``hook`` (None when no callback answers); two answers are a conflict."""
+    answers = [(type(cb).__name__, out) for cb in callbacks if (out := getattr(cb, hook)(*args)) is not None]
+    if len(answers) > 1:
+        raise RuntimeError(f"callbacks {', '.join(n for n, _ in answers)} all override {hook}(); combine them into one")
+    return answers[0][1] if answers else None
+
+
+def _advance_schedule(state: TrainState, epoch_fraction: float) -> None:
+    """Step the per-step LR schedule by epoch progress, not by batch count.
+
+    The schedule is laid out in steps of the full training set. A callback that trains an epoch on
+    a subset (data pruning, CAPER) has fewer batches per epoch; keeping the schedule on epochs means
+    its milestones and cosine end fall where the configuration says, in those shorter epochs.
+    """
+    target = state.epoch * state.steps_per_epoch + round(epoch_fraction * state.steps_per_epoch)
+    while state.scheduler.last_epoch < target:
+        state.scheduler.step()
