@@ -6,6 +6,7 @@ from torch.utils.data import Subset
 import edgeslim
 from edgeslim.models import build_model
 from edgeslim.training import TrainConfig, evaluate, fit
+from edgeslim.training.data_pruning import DynamicDataPruning
 from edgeslim.training.patchdrop import PatchDrop, attention_saliency, kept_tokens
 
 
@@ -56,6 +57,22 @@ def test_keeps_the_requested_tokens_and_evaluates_on_full_images(small, digits):
     full = edgeslim.count(student, torch.randn(1, 3, 32, 32)).macs
     half = edgeslim.count(student, (torch.randn(1, 3, 32, 32), torch.arange(32)[None])).macs
     assert 0.45 < half / full < 0.6   # linear layers scale with tokens, attention with tokens squared
+
+
+def test_indices_stay_those_of_the_whole_set_under_data_pruning(small):
+    train, plain = small
+    seen = []
+
+    class Recording(PatchDrop):
+        def keep_for(self, index):
+            seen.extend(index.tolist())
+            return super().keep_for(index)
+
+    pruning = DynamicDataPruning("random", prune=0.5, score_set=plain)
+    pd = Recording(0.5, "nonsalient", torch.rand(128, 64))
+    fit(vit(), train, None, TrainConfig(epochs=1, batch_size=64), [pruning, pd], progress=False)
+    chosen = set(torch.nonzero(pruning.times_selected).flatten().tolist())
+    assert len(seen) == 64 and set(seen) == chosen   # saliency looked up by the sample's place in the whole set
 
 
 def test_bad_input():

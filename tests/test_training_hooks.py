@@ -69,3 +69,17 @@ def test_lr_schedule_follows_epochs_when_a_callback_shrinks_or_grows_the_epoch(d
     assert lrs == pytest.approx([0.01, 0.01])
     cost = training_cost(result, [], train_macs_per_sample=1000)
     assert cost.samples_trained == 288 and cost.flops == 2 * 3 * 288 * 1000
+
+
+def test_pruned_subsets_keep_the_augmentation_changing_per_epoch(digits):
+    from edgeslim.training.per_sample import EpochSubset, with_indices
+
+    view = EpochSubset(with_indices(digits.train), [5, 6])
+    try:
+        view.set_epoch(3)
+        assert digits.train.epoch == 3
+        a = view[0][0]
+        view.set_epoch(4)
+        assert not torch.equal(a, view[0][0]) and view[0][2] == 5   # a new crop; the index of the whole set
+    finally:
+        digits.train.set_epoch(0)

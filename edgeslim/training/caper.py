@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from ..data import targets_of
 from .loop import Callback, TrainState
-from .per_sample import per_sample_pass, plain_view, same_on_all_ranks
+from .per_sample import EpochSubset, per_sample_pass, plain_view, same_on_all_ranks, unwrap, with_indices
 
 __all__ = ["Caper", "default_feature_layer", "classifier_sensitivity", "window_weights"]
 
@@ -112,9 +112,13 @@ class Caper(Callback):
     def __init__(self, remove: int, tau: int = 50, smoothing: float = 0.1, noise_std: float = 0.5,
                  layers: Sequence[str] | None = None, window: str | Sequence[float] = "last",
                  sensitive_channels: int | None = None, prefilter_labels: int | None = None, seed: int = 0,
-                 score_set: Dataset | None = None, batch_size: int = 256, device: str | torch.device = "cpu"):
+                 score_set: Dataset | None = None, batch_size: int = 256, device: str | torch.device = "cpu",
+                 selection: str = "instability"):
         if remove < 0 or tau < 0 or not 0.0 <= smoothing < 1.0 or noise_std < 0:
             raise ValueError("CAPER needs remove >= 0 samples, tau >= 0 epochs, 0 <= smoothing < 1, noise_std >= 0")
+        if selection not in ("instability", "random"):
+            raise ValueError(f"CAPER selection must be instability or random (the thesis's baseline), not {selection!r}")
+        self.selection = selection
         self.remove, self.tau, self.smoothing, self.noise_std = int(remove), int(tau), smoothing, noise_std
         self.layers, self.window = list(layers) if layers else None, window
         self.sensitive_channels, self.prefilter_labels, self.seed = sensitive_channels, prefilter_labels, seed
@@ -130,7 +134,7 @@ class Caper(Callback):
             if self.tau >= state.config.epochs:
                 raise ValueError(f"CAPER epoch tau={self.tau} is not before the last epoch ({state.config.epochs} "
                                  "epochs): lower tau or train longer")
-            self.full = state.train_set
+            self.full = with_indices(state.train_set)  # the kept subset still yields indices into the whole set
             if self.remove >= len(self.full):
                 raise ValueError(f"cannot remove {self.remove} of {len(self.full)} training samples")
             self.score_set = self.score_set if self.score_set is not None else plain_view(self.full)
@@ -141,7 +145,7 @@ class Caper(Callback):
         self.scoring_s += time.perf_counter() - start
         keep = torch.ones(len(self.full), dtype=torch.bool)
         keep[self.removed] = False
-        state.train_set = Subset(self.full, keep.nonzero().flatten().tolist())
+        state.train_set = EpochSubset(self.full, keep.nonzero().flatten().tolist())
 
     def targets(self, state: TrainState, x, y, logits):
         if state.epoch < self.tau or self.smoothing == 0:
@@ -151,7 +155,13 @@ class Caper(Callback):
 
     # -- the instability heuristic --------------------------------------------------------------
     def select(self, model: nn.Module) -> torch.Tensor:
-        """Sorted indices of the ``remove`` most unstable samples (identical on every rank)."""
+        """Sorted indices of the ``remove`` most unstable samples (identical on every rank).
+
+        ``selection="random"`` removes as many samples at random instead (the thesis's "Random" row).
+        """
+        if self.selection == "random":
+            gen = torch.Generator().manual_seed(self.seed)
+            return same_on_all_ranks(torch.randperm(len(self.score_set), generator=gen)[: self.remove].sort().values)
         candidates = None
         if self.prefilter_labels:
             # ILSVRC variant: rank the labels by mean instability, then re-score only their samples
@@ -170,6 +180,7 @@ class Caper(Callback):
 
     def instability_of(self, model: nn.Module, indices: torch.Tensor | None = None) -> torch.Tensor:
         """xi (Eq. 6.9) for the samples ``indices`` (default all), normalised over those samples."""
+        model = unwrap(model)
         example = self.score_set[0][0].unsqueeze(0).to(self.device)
         layers = self.layers or [default_feature_layer(model, example)]
         modules = dict(model.named_modules())

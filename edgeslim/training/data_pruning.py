@@ -30,10 +30,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from .loop import Callback, TrainState
-from .per_sample import per_sample_pass, plain_view, same_on_all_ranks
+from .per_sample import EpochSubset, per_sample_pass, plain_view, same_on_all_ranks, with_indices
 
 __all__ = ["DynamicDataPruning", "METHODS", "parse_data_pruning", "categorize"]
 
@@ -77,7 +77,7 @@ class DynamicDataPruning(Callback):
     # -- the callback -------------------------------------------------------------------------
     def attach(self, train_set: Dataset) -> None:
         """Take ``train_set`` as the whole data set to select from (fit does this at the first epoch)."""
-        self.full = train_set
+        self.full = with_indices(train_set)  # subsets then still yield indices into the whole set (for PatchDrop)
         self.score_set = self.score_set if self.score_set is not None else plain_view(train_set)
         if len(self.score_set) != len(train_set):
             raise ValueError(f"score_set has {len(self.score_set)} samples, the training set {len(train_set)}; "
@@ -95,7 +95,7 @@ class DynamicDataPruning(Callback):
         self.scoring_s += elapsed
         self.times_selected[selected] += 1
         self.checkpoints.append({"epoch": state.epoch, "kept": len(selected), "scoring_s": elapsed})
-        state.train_set = Subset(self.full, selected.tolist())
+        state.train_set = EpochSubset(self.full, selected.tolist())
 
     # -- selection ----------------------------------------------------------------------------
     def keep_count(self) -> int:

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from ..data import targets_of
 from .loop import Callback, TrainState
-from .per_sample import IndexedDataset, LabelledView, max_on_all_ranks
+from .per_sample import LabelledView, max_on_all_ranks, with_indices
 
 __all__ = ["Lilac"]
 
@@ -85,8 +85,8 @@ class Lilac(Callback):
         self.current = torch.full((len(self.full),), -1, dtype=torch.long)
         if state.epoch < self.il_epochs:
             state.train_set = self.il_view(state.epoch)
-        elif not isinstance(state.train_set, IndexedDataset):
-            state.train_set = IndexedDataset(self.full)
+        else:
+            state.train_set = with_indices(self.full)
         self.schedule.append({"epoch": state.epoch, "revealed": len(self.revealed(state.epoch)),
                               "samples": len(state.train_set)})
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .loop import Callback, TrainState
-from .per_sample import IndexedDataset, per_sample_pass, plain_view
+from .per_sample import per_sample_pass, plain_view, with_indices
 
 __all__ = ["PatchDrop", "attention_saliency", "MODES", "kept_tokens"]
 
@@ -85,17 +85,17 @@ class PatchDrop(Callback):
         return pd
 
     def on_epoch_start(self, state: TrainState) -> None:
-        if not isinstance(state.train_set, IndexedDataset):
-            if self.keep_table is not None and len(state.train_set) != len(self.keep_table):
-                raise ValueError(f"saliency covers {len(self.keep_table)} samples, the training set has "
-                                 f"{len(state.train_set)}: compute it on the same training set")
-            state.train_set = IndexedDataset(state.train_set)
+        state.train_set = with_indices(state.train_set)
 
     def keep_for(self, index: torch.Tensor) -> torch.Tensor:
-        """(batch, K) patch positions to keep for the samples ``index``."""
+        """(batch, K) patch positions to keep for the samples ``index`` (indices into the training set)."""
         if self.mode == "random":  # a fresh draw every iteration
             return torch.rand(len(index), self.num_patches, generator=self.gen).argsort(1)[:, : self.k].sort(1).values
-        return self.keep_table[index.cpu()]
+        index = index.cpu()
+        if len(index) and int(index.max()) >= len(self.keep_table):
+            raise ValueError(f"saliency covers {len(self.keep_table)} samples but sample {int(index.max())} was "
+                             "asked for: compute the saliency on the same training set")
+        return self.keep_table[index]
 
     def forward(self, state: TrainState, x, y):
         if state.batch_indices is None:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..data import make_loader, targets_of
 
-__all__ = ["IndexedDataset", "LabelledView", "plain_view", "per_sample_pass", "same_on_all_ranks", "max_on_all_ranks",
+__all__ = ["IndexedDataset", "LabelledView", "EpochSubset", "unwrap", "yields_indices", "with_indices", "plain_view", "per_sample_pass", "same_on_all_ranks", "max_on_all_ranks",
            "rank_and_world"]
 
 
@@ -68,6 +68,31 @@ class LabelledView(Dataset):
             self.dataset.set_epoch(epoch)
 
 
+class EpochSubset(Subset):
+    """A ``Subset`` that passes ``set_epoch`` on, so per-epoch augmentation keeps changing on a pruned set."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper (scoring must not run collectives)."""
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+def yields_indices(dataset: Dataset) -> bool:
+    """Whether items are ``(x, y, index)`` with the index into the original training set."""
+    if isinstance(dataset, Subset):
+        return yields_indices(dataset.dataset)
+    return isinstance(dataset, (IndexedDataset, LabelledView))
+
+
+def with_indices(dataset: Dataset) -> Dataset:
+    """``dataset`` yielding sample indices (unchanged when it already does)."""
+    return dataset if yields_indices(dataset) else IndexedDataset(dataset)
+
+
 def plain_view(dataset: Dataset) -> Dataset:
     """The same samples without training augmentation, where the data set knows how (``TensorImages.plain``)."""
     if isinstance(dataset, Subset):
@@ -95,6 +120,7 @@ def per_sample_pass(model: nn.Module, dataset: Dataset,
     Under torch.distributed the samples are split over the ranks and the rows all-gathered.
     """
     rank, world = rank_and_world()
+    model = unwrap(model)  # a DDP forward may broadcast buffers: ranks with different batch counts would hang
     order = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices).long()
     mine = order[rank::world]
     was_training = model.training

@@ -1,0 +1,130 @@
+"""Command-line options of the training-efficiency and robustness methods, shared by every training command.
+
+``add_efficiency_args(parser)`` adds ``--data-pruning METHOD:RATE``, ``--caper [GAMMA]``,
+``--curriculum lilac``, ``--patchdrop MODE:LAMBDA`` and ``--eval-robustness`` (with their settings);
+``efficiency_callbacks(args, data, model, epochs)`` turns them into ``fit`` callbacks and the number
+of epochs to run; ``training_summary`` and ``robustness_summary`` produce the ``training`` and
+``robustness`` JSON keys.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data import DataBundle
+from ..training.caper import Caper
+from ..training.data_pruning import METHODS, parse_data_pruning
+from ..training.efficiency import forward_macs, training_cost
+from ..training.lilac import Lilac
+from ..training.patchdrop import MODES, PatchDrop, attention_saliency, kept_tokens
+
+__all__ = ["add_efficiency_args", "efficiency_callbacks", "training_summary", "robustness_summary"]
+
+
+def add_efficiency_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training efficiency (Raju ch. 4-5, Ganesh ch. 5-6)")
+    g.add_argument("--data-pruning", metavar="METHOD:RATE",
+                   help=f"dynamic data pruning: METHOD in {', '.join(METHODS)}; RATE = fraction of samples left "
+                        "out of each epoch, e.g. ucb:0.5")
+    g.add_argument("--pruning-period", type=int, default=10, help="data pruning: rescore every N epochs (T_p)")
+    g.add_argument("--caper", nargs="?", const="0.25%", metavar="GAMMA",
+                   help="CAPER: remove GAMMA noise-unstable samples (a count, or a percentage like 1%%; default "
+                        "0.25%%, the thesis's 125 of CIFAR-10's 50,000) at epoch --caper-tau")
+    g.add_argument("--caper-tau", type=int, default=None, help="CAPER epoch tau (default: a sixth of the epochs)")
+    g.add_argument("--caper-smoothing", type=float, default=0.1, help="CAPER label smoothing epsilon after tau")
+    g.add_argument("--curriculum", choices=["lilac"], help="LILAC: incremental labels, then adaptive compensation "
+                   "(adds the label-introduction epochs in front of --epochs)")
+    g.add_argument("--lilac-step", type=int, default=2, help="LILAC: labels revealed per interval (m)")
+    g.add_argument("--lilac-interval", type=int, default=1, help="LILAC: epochs per interval (E)")
+    g.add_argument("--lilac-epsilon", type=float, default=0.4, help="LILAC: compensation epsilon")
+    g.add_argument("--patchdrop", metavar="MODE:LAMBDA",
+                   help=f"PatchDrop for ViTs: MODE in {', '.join(MODES)}, LAMBDA = fraction of patches dropped")
+    g.add_argument("--saliency-model", metavar="CHECKPOINT", help="PatchDrop: the frozen ViT whose attention gives "
+                   "the saliency (e.g. a full-token run of the same model)")
+    g.add_argument("--eval-robustness", action="store_true",
+                   help="add ECE and accuracy under Gaussian/Poisson/speckle noise and FGSM/PGD attacks")
+    g.add_argument("--robustness-limit", type=int, default=None, help="robustness on the first N test images only")
+
+
+def _caper_count(text: str, n: int) -> int:
+    try:
+        return max(1, round(float(text[:-1]) / 100 * n)) if text.endswith("%") else int(text)
+    except ValueError:
+        raise ValueError(f"--caper {text!r} must be a count (e.g. 125) or a percentage (e.g. 0.25%)") from None
+
+
+def _patchdrop(args, data: DataBundle, model: nn.Module, seed: int) -> PatchDrop:
+    mode, _, value = args.patchdrop.partition(":")
+    try:
+        drop = float(value)
+    except ValueError:
+        raise ValueError(f"--patchdrop {args.patchdrop!r} must be MODE:LAMBDA, e.g. nonsalient:0.5") from None
+    if not hasattr(model, "num_patches"):
+        raise ValueError(f"--patchdrop needs a vision transformer that accepts kept patches (e.g. zoo:vit_tiny), "
+                         f"not {type(model).__name__}")
+    if mode == "random":
+        return PatchDrop(drop, mode, num_patches=model.num_patches, seed=seed)
+    if not args.saliency_model:
+        raise ValueError(f"--patchdrop {mode} needs --saliency-model CHECKPOINT (a ViT trained on the same data)")
+    from ..models import load_checkpoint
+
+    return PatchDrop.from_teacher(load_checkpoint(args.saliency_model).model, data.train, drop, mode, seed)
+
+
+def efficiency_callbacks(args, data: DataBundle, model: nn.Module, epochs: int, seed: int = 0) -> tuple[list, int]:
+    """The callbacks the options ask for, and the number of epochs to train (LILAC adds its IL phase)."""
+    callbacks: list = []
+    chosen = [name for name, on in (("--data-pruning", args.data_pruning), ("--caper", args.caper),
+                                    ("--curriculum", args.curriculum)) if on]
+    if len(chosen) > 1:
+        raise ValueError(f"{' and '.join(chosen)} each choose the training samples; use one of them")
+    if args.data_pruning:
+        callbacks.append(parse_data_pruning(args.data_pruning, period=args.pruning_period, seed=seed,
+                                            score_set=data.train_plain))
+    if args.caper:
+        tau = args.caper_tau if args.caper_tau is not None else max(1, epochs // 6)
+        callbacks.append(Caper(_caper_count(args.caper, len(data.train)), tau, args.caper_smoothing, seed=seed,
+                               score_set=data.train_plain))
+    if args.curriculum == "lilac":
+        lilac = Lilac(data.num_classes, step=args.lilac_step, interval=args.lilac_interval, epsilon=args.lilac_epsilon,
+                      seed=seed)
+        callbacks.append(lilac)
+        epochs += lilac.il_epochs
+    if args.patchdrop:
+        callbacks.append(_patchdrop(args, data, model, seed))
+    return callbacks, epochs
+
+
+def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Module, data: DataBundle) -> dict[str, Any]:
+    """The ``training`` JSON key: samples seen, FLOPs (one convention, printed with it), wall-clock."""
+    example = torch.randn(1, *data.input_shape)
+    macs = forward_macs(model, example)
+    train_macs = macs
+    for cb in callbacks:
+        if isinstance(cb, PatchDrop):  # trained on K tokens; the saliency pass ran the teacher on all of them
+            train_macs = forward_macs(model, (example, torch.arange(kept_tokens(cb.num_patches, cb.drop))[None]))
+    cost = training_cost(fit_result, callbacks, train_macs, score_macs_per_sample=macs).to_dict()
+    summary = {"samples_seen": cost["samples_trained"], **cost}
+    for cb in callbacks:
+        if isinstance(cb, Caper):
+            summary["caper"] = {k: v for k, v in cb.summary().items() if k != "removed"} | {
+                "removed_count": 0 if cb.removed is None else len(cb.removed),
+                "thesis_saved_forward_macs": cb.saved_forward_macs(fit_result["epochs"], macs)}
+        if isinstance(cb, Lilac):
+            summary["lilac"] = {"il_epochs": cb.il_epochs, "compensated_targets": cb.compensated}
+        if hasattr(cb, "checkpoints"):
+            summary["data_pruning"] = {"method": cb.method, "rate": cb.prune, "period": cb.period,
+                                       "checkpoints": len(cb.checkpoints)}
+    return summary
+
+
+def robustness_summary(args, model: nn.Module, data: DataBundle, source: nn.Module | None = None) -> dict[str, Any]:
+    """The ``robustness`` JSON key (``--eval-robustness``), without the per-bin reliability table."""
+    from ..metrics.robustness import evaluate_robustness
+
+    result = evaluate_robustness(model, data.test, source=source, limit=args.robustness_limit)
+    result.pop("reliability")
+    return result
