@@ -39,7 +39,8 @@ def train(capsys):
 
 def test_data_pruning_and_robustness_from_the_command_line(builders, tmp_path, train):
     proc = train(f"{builders}:cnn", "--epochs", "2", "-o", str(tmp_path), "--data-pruning", "ucb:0.5",
-                 "--pruning-period", "1", "--eval-robustness", "--robustness-limit", "32")
+                 "--pruning-period", "1", "--eval-robustness", "--robustness-limit", "32",
+                 "--robustness-source", f"{builders}:cnn")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     t = r["training"]
@@ -48,7 +49,8 @@ def test_data_pruning_and_robustness_from_the_command_line(builders, tmp_path, t
     assert t["flops"] > 0 and "3 forward passes" in t["convention"]
     rob = r["robustness"]
     assert rob["samples"] == 32 and 0 <= rob["ece"] <= 1
-    assert set(rob["accuracy_under"]) == {"gaussian", "poisson", "speckle", "fgsm", "pgd"}
+    assert set(rob["accuracy_under"]) == {"gaussian", "poisson", "speckle", "fgsm", "pgd", "fgsm_transfer",
+                                          "pgd_transfer"}
 
 
 def test_lilac_adds_its_label_introduction_epochs_and_patchdrop_uses_a_saliency_model(builders, tmp_path, train):

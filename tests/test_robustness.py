@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch.utils.data import Subset
 
-from edgeslim.metrics.robustness import (Normalization, evaluate_robustness, expected_calibration_error, fgsm,
+import edgeslim
+from edgeslim.metrics.robustness import (compare_robustness, evaluate_robustness, expected_calibration_error, fgsm,
                                          gaussian_noise, normalization_of, pgd, poisson_noise, speckle_noise)
 from edgeslim.models import build_model
 from edgeslim.training import TrainConfig, evaluate, fit
@@ -72,3 +73,12 @@ def test_fgsm_and_pgd_stay_in_the_ball_and_hurt_a_trained_model(trained, digits)
     assert r["drop"]["pgd"] == pytest.approx(under["pgd"] - r["accuracy"])
     assert 0 <= r["ece"] <= 1 and r["samples"] == 128
     assert trained.training is False  # mode restored (it was eval)
+
+
+def test_dense_vs_engine_slimmed_model_with_cross_transfer(trained, digits):
+    slim = edgeslim.prune(trained, torch.randn(1, 3, 32, 32), method="l1", target={"macs": 0.5}, progress=False).model
+    r = compare_robustness(trained, slim, Subset(digits.test, range(32)), pgd_steps=2, progress=False)
+    assert r["dense"]["settings"]["transfer_source"] and r["slim"]["settings"]["transfer_source"]
+    assert r["slim_minus_dense"]["pgd_transfer"] == pytest.approx(
+        r["slim"]["accuracy_under"]["pgd_transfer"] - r["dense"]["accuracy_under"]["pgd_transfer"])
+    assert r["dense"]["accuracy"] == pytest.approx(evaluate(trained, Subset(digits.test, range(32)))["accuracy"])

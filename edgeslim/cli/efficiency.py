@@ -47,6 +47,8 @@ def add_efficiency_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-robustness", action="store_true",
                    help="add ECE and accuracy under Gaussian/Poisson/speckle noise and FGSM/PGD attacks")
     g.add_argument("--robustness-limit", type=int, default=None, help="robustness on the first N test images only")
+    g.add_argument("--robustness-source", metavar="CHECKPOINT",
+                   help="a separately trained model whose FGSM/PGD examples are transferred (black-box attacks)")
 
 
 def _caper_count(text: str, n: int) -> int:
@@ -122,9 +124,15 @@ def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Modu
 
 
 def robustness_summary(args, model: nn.Module, data: DataBundle, source: nn.Module | None = None) -> dict[str, Any]:
-    """The ``robustness`` JSON key (``--eval-robustness``), without the per-bin reliability table."""
-    from ..metrics.robustness import evaluate_robustness
+    """The ``robustness`` JSON key (``--eval-robustness``), without the per-bin reliability table.
 
+    Transferred attacks come from ``source``, or from ``--robustness-source``.
+    """
+    from ..metrics.robustness import evaluate_robustness
+    from ..models import load_model
+
+    if source is None and args.robustness_source:
+        source = load_model(args.robustness_source, num_classes=data.num_classes).model
     result = evaluate_robustness(model, data.test, source=source, limit=args.robustness_limit)
     result.pop("reliability")
     return result

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 __all__ = ["Normalization", "normalization_of", "expected_calibration_error", "gaussian_noise", "poisson_noise",
-           "speckle_noise", "fgsm", "pgd", "evaluate_robustness"]
+           "speckle_noise", "fgsm", "pgd", "evaluate_robustness", "compare_robustness"]
 
 
 @dataclass(frozen=True)
@@ -205,3 +205,14 @@ def evaluate_robustness(model: nn.Module, dataset: Dataset, *, source: nn.Module
                      "gaussian_std": gaussian_std, "poisson_peak": poisson_peak, "speckle": speckle, "bins": bins,
                      "seed": seed, "space": "pixels in [0, 1], clipped", "transfer_source": source is not None},
     }
+
+
+def compare_robustness(dense: nn.Module, slim: nn.Module, dataset: Dataset, **options: Any) -> dict[str, Any]:
+    """``evaluate_robustness`` of a dense model and its slim version, each attacked with the other's transferred
+    examples too (an attacker who knows the public dense model attacks the deployed slim one), plus the
+    slim-minus-dense differences of ECE and of every accuracy. ``options`` go to ``evaluate_robustness``."""
+    d = evaluate_robustness(dense, dataset, source=slim, **options)
+    s = evaluate_robustness(slim, dataset, source=dense, **options)
+    change = {"accuracy": s["accuracy"] - d["accuracy"], "ece": s["ece"] - d["ece"]}
+    change.update({k: s["accuracy_under"][k] - d["accuracy_under"][k] for k in d["accuracy_under"]})
+    return {"dense": d, "slim": s, "slim_minus_dense": change}
