@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import Subset
 
 from edgeslim.models import build_model
-from edgeslim.training import TrainConfig, fit
+from edgeslim.training import Callback, TrainConfig, fit
 from edgeslim.training.caper import Caper, classifier_sensitivity, default_feature_layer, window_weights
 
 
@@ -23,7 +23,7 @@ def test_removes_exactly_gamma_most_unstable_samples_at_tau_then_smooths(small):
     cb = Caper(remove=24, tau=1, smoothing=0.3, score_set=plain)
     seen = []
 
-    class Probe(Caper.__base__):
+    class Probe(Callback):
         def on_epoch_end(self, state, record):
             seen.append(state.train_set)
 

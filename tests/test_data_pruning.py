@@ -95,3 +95,18 @@ def test_categorize_never_sometimes_always():
     counts = torch.cat([torch.zeros(50), torch.full((40,), 10.0), torch.tensor([4.0, 5, 6, 5, 4, 6, 5, 5, 3, 7])])
     groups = categorize(counts.long(), checkpoints=10)
     assert groups["never"][:50].all() and groups["always"][50:90].all() and groups["sometimes"][90:].all()
+
+
+def test_state_dict_lets_a_resumed_run_continue_on_the_same_subset(small, tmp_path):
+    from types import SimpleNamespace
+
+    train, _ = small
+    a = DynamicDataPruning("random", prune=0.5, period=2)
+    state = SimpleNamespace(epoch=0, train_set=train, model=None)
+    a.on_epoch_start(state)
+    torch.save(a.state_dict(), tmp_path / "cb.pt")
+    b = DynamicDataPruning("random", prune=0.5, period=2)
+    b.load_state_dict(torch.load(tmp_path / "cb.pt", weights_only=True))
+    resumed = SimpleNamespace(epoch=1, train_set=train, model=None)   # a non-checkpoint epoch
+    b.on_epoch_start(resumed)
+    assert resumed.train_set.indices == state.train_set.indices and len(b.checkpoints) == 1

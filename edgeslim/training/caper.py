@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ..data import targets_of
 from .loop import Callback, TrainState
-from .per_sample import EpochSubset, per_sample_pass, plain_view, same_on_all_ranks, unwrap, with_indices
+from .per_sample import EpochSubset, Resumable, per_sample_pass, plain_view, same_on_all_ranks, unwrap, with_indices
 
 __all__ = ["Caper", "default_feature_layer", "classifier_sensitivity", "window_weights"]
 
@@ -102,12 +102,14 @@ def window_weights(window: str | Sequence[float], layers: int) -> torch.Tensor:
     return w
 
 
-class Caper(Callback):
+class Caper(Resumable, Callback):
     """Remove the ``remove`` most noise-unstable samples at epoch ``tau``; label smoothing ``smoothing`` after.
 
     Attributes after epoch ``tau``: ``instability`` (xi per sample), ``removed`` (sorted indices),
     ``scored_samples`` (2 N: clean + noisy pass) and ``scoring_s``.
     """
+
+    resumable = ("instability", "removed", "scored_samples", "scoring_s")
 
     def __init__(self, remove: int, tau: int = 50, smoothing: float = 0.1, noise_std: float = 0.5,
                  layers: Sequence[str] | None = None, window: str | Sequence[float] = "last",
@@ -138,14 +140,14 @@ class Caper(Callback):
             if self.remove >= len(self.full):
                 raise ValueError(f"cannot remove {self.remove} of {len(self.full)} training samples")
             self.score_set = self.score_set if self.score_set is not None else plain_view(self.full)
-        if state.epoch != self.tau:
-            return
-        start = time.perf_counter()
-        self.removed = self.select(state.model)
-        self.scoring_s += time.perf_counter() - start
-        keep = torch.ones(len(self.full), dtype=torch.bool)
-        keep[self.removed] = False
-        state.train_set = EpochSubset(self.full, keep.nonzero().flatten().tolist())
+        if state.epoch == self.tau:
+            start = time.perf_counter()
+            self.removed = self.select(state.model)
+            self.scoring_s += time.perf_counter() - start
+        if state.epoch >= self.tau and self.removed is not None:  # every epoch, so a resumed run stays pruned
+            keep = torch.ones(len(self.full), dtype=torch.bool)
+            keep[self.removed] = False
+            state.train_set = EpochSubset(self.full, keep.nonzero().flatten().tolist())
 
     def targets(self, state: TrainState, x, y, logits):
         if state.epoch < self.tau or self.smoothing == 0:

@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .loop import Callback, TrainState
-from .per_sample import EpochSubset, per_sample_pass, plain_view, same_on_all_ranks, with_indices
+from .per_sample import EpochSubset, Resumable, per_sample_pass, plain_view, same_on_all_ranks, with_indices
 
 __all__ = ["DynamicDataPruning", "METHODS", "parse_data_pruning", "categorize"]
 
 METHODS = ("random", "loss", "ema", "egreedy", "ucb", "margin", "entropy", "forgetting")
 
 
-class DynamicDataPruning(Callback):
+class DynamicDataPruning(Resumable, Callback):
     """Train each period on the k samples a criterion selects from the whole data set.
 
     ``prune`` is the pruning rate p (the fraction of samples left out of each epoch), as in the thesis.
@@ -48,6 +48,9 @@ class DynamicDataPruning(Callback):
     (default: ``plain_view`` of it). Attributes after training: ``checkpoints`` (one record per
     selection), ``times_selected`` (per sample), ``scored_samples`` and ``scoring_s`` (cost).
     """
+
+    resumable = ("ema", "var", "correct", "forgets", "ever_correct", "times_selected", "selected", "checkpoints",
+                 "scored_samples", "scoring_s")
 
     def __init__(self, method: str = "ucb", prune: float = 0.5, period: int = 10, alpha: float = 0.8,
                  epsilon: float = 0.1, c: float = 1.0, seed: int = 0, score_set: Dataset | None = None,
@@ -70,6 +73,7 @@ class DynamicDataPruning(Callback):
         self.forgets: torch.Tensor | None = None
         self.ever_correct: torch.Tensor | None = None
         self.times_selected: torch.Tensor | None = None
+        self.selected: torch.Tensor | None = None     # the samples of the current period
         self.checkpoints: list[dict[str, Any]] = []
         self.scored_samples = 0
         self.scoring_s = 0.0
@@ -87,15 +91,15 @@ class DynamicDataPruning(Callback):
     def on_epoch_start(self, state: TrainState) -> None:
         if self.full is None:
             self.attach(state.train_set)
-        if state.epoch % self.period:
-            return
-        start = time.perf_counter()
-        selected = self.select(state.model, checkpoint=len(self.checkpoints))
-        elapsed = time.perf_counter() - start
-        self.scoring_s += elapsed
-        self.times_selected[selected] += 1
-        self.checkpoints.append({"epoch": state.epoch, "kept": len(selected), "scoring_s": elapsed})
-        state.train_set = EpochSubset(self.full, selected.tolist())
+        if state.epoch % self.period == 0:
+            start = time.perf_counter()
+            self.selected = self.select(state.model, checkpoint=len(self.checkpoints))
+            elapsed = time.perf_counter() - start
+            self.scoring_s += elapsed
+            self.times_selected[self.selected] += 1
+            self.checkpoints.append({"epoch": state.epoch, "kept": len(self.selected), "scoring_s": elapsed})
+        if self.selected is not None:  # (set every epoch: a resumed run continues on the same subset)
+            state.train_set = EpochSubset(self.full, self.selected.tolist())
 
     # -- selection ----------------------------------------------------------------------------
     def keep_count(self) -> int:

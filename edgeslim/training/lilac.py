@@ -30,13 +30,15 @@ from torch.utils.data import Dataset
 
 from ..data import targets_of
 from .loop import Callback, TrainState
-from .per_sample import LabelledView, max_on_all_ranks, with_indices
+from .per_sample import LabelledView, Resumable, max_on_all_ranks, with_indices
 
 __all__ = ["Lilac"]
 
 
-class Lilac(Callback):
+class Lilac(Resumable, Callback):
     """The LILAC curriculum as a ``fit`` callback; ``incremental`` / ``compensation`` switch the phases (ablations)."""
+
+    resumable = ("previous", "compensated", "schedule")
 
     def __init__(self, num_classes: int, step: int = 2, interval: int = 7, epsilon: float = 0.4,
                  initial: int | None = None, ac_start: int | None = None, pseudo_label: int | None = None,
@@ -81,7 +83,8 @@ class Lilac(Callback):
                                  f"(il_epochs + the epochs of plain training), not {state.config.epochs}")
             self.full = state.train_set
             self.labels = targets_of(self.full)
-            self.previous = torch.full((len(self.full),), -1, dtype=torch.long)
+            if self.previous is None:  # (not restored by load_state_dict)
+                self.previous = torch.full((len(self.full),), -1, dtype=torch.long)
         self.current = torch.full((len(self.full),), -1, dtype=torch.long)
         if state.epoch < self.il_epochs:
             state.train_set = self.il_view(state.epoch)

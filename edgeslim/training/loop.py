@@ -223,7 +223,8 @@ def train_one_epoch(state: TrainState, callbacks: list[Callback], device) -> dic
 
 def _first_answer(callbacks: list[Callback], hook: str, *args):
     """The one callback answer for ``hook`` (None when no callback answers); two answers are a conflict."""
-    answers = [(type(cb).__name__, out) for cb in callbacks if (out := getattr(cb, hook)(*args)) is not None]
+    answers = [(type(cb).__name__, out) for cb in callbacks
+               if hasattr(cb, hook) and (out := getattr(cb, hook)(*args)) is not None]
     if len(answers) > 1:
         raise RuntimeError(f"callbacks {', '.join(n for n, _ in answers)} all override {hook}(); combine them into one")
     return answers[0][1] if answers else None

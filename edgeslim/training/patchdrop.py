@@ -87,6 +87,12 @@ class PatchDrop(Callback):
     def on_epoch_start(self, state: TrainState) -> None:
         state.train_set = with_indices(state.train_set)
 
+    def state_dict(self) -> dict:
+        return {"generator": self.gen.get_state()}  # the random mode's draws continue where they were
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["generator"])
+
     def keep_for(self, index: torch.Tensor) -> torch.Tensor:
         """(batch, K) patch positions to keep for the samples ``index`` (indices into the training set)."""
         if self.mode == "random":  # a fresh draw every iteration

@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..data import make_loader, targets_of
 
-__all__ = ["IndexedDataset", "LabelledView", "EpochSubset", "unwrap", "yields_indices", "with_indices", "plain_view", "per_sample_pass", "same_on_all_ranks", "max_on_all_ranks",
+__all__ = ["IndexedDataset", "LabelledView", "EpochSubset", "Resumable", "unwrap", "yields_indices", "with_indices", "plain_view", "per_sample_pass", "same_on_all_ranks", "max_on_all_ranks",
            "rank_and_world"]
 
 
@@ -66,6 +66,21 @@ class LabelledView(Dataset):
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+
+
+class Resumable:
+    """``state_dict``/``load_state_dict`` of the attributes named in ``resumable`` (tensors and plain values),
+    so that a resumed run continues with the same selections, statistics and records."""
+
+    resumable: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.resumable}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self.resumable:
+            if name in state:
+                setattr(self, name, state[name])
 
 
 class EpochSubset(Subset):
