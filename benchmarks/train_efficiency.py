@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--period", type=int, default=2, help="data-pruning period T_p in epochs")
     p.add_argument("--rates", default="0.5,0.7", help="data-pruning rates (fraction left out of each epoch)")
     p.add_argument("--methods", default="random,ema,egreedy,ucb")
+    p.add_argument("--by-class", default="ema,ucb",
+                   help="also run these methods with by_class=True (same fraction of every class; not in the thesis)")
     p.add_argument("--caper-remove", type=int, default=72, help="CAPER gamma (samples; 72 = 5 %% of digits)")
     p.add_argument("--caper-tau", type=int, default=None, help="CAPER epoch tau (default: epochs // 6, as 50 of 300)")
     p.add_argument("--caper-smoothing", type=float, default=0.1)
@@ -98,9 +100,13 @@ def plan(args, data):
         runs.append(("plain", lambda s: [], args.epochs))
     if "pruning" in only:
         for rate in (float(r) for r in args.rates.split(",")):
-            for method in args.methods.split(","):
-                runs.append((f"{method}@{rate:g}", lambda s, m=method, r=rate: [
-                    DynamicDataPruning(m, r, period=args.period, seed=s, score_set=data.train_plain)], args.epochs))
+            variants = [(m, False) for m in args.methods.split(",")]
+            variants += [(m, True) for m in args.by_class.split(",") if m]
+            for method, by_class in variants:
+                name = f"{method}{'/class' if by_class else ''}@{rate:g}"
+                runs.append((name, lambda s, m=method, r=rate, b=by_class: [
+                    DynamicDataPruning(m, r, period=args.period, seed=s, score_set=data.train_plain, by_class=b)],
+                    args.epochs))
     if "caper" in only:
         tau = args.caper_tau if args.caper_tau is not None else max(1, args.epochs // 6)
         for selection, name in (("instability", "caper"), ("random", "caper-random")):
@@ -135,7 +141,7 @@ def summarize(rows):
             "wall_vs_plain": wall / base_wall if base_wall else None,
             "cpu_s": cpu, "cpu_vs_plain": cpu / base_cpu if base_cpu else None,
             "flops_vs_plain": flops / base_flops if base_flops else None,
-            "thesis": THESIS.get(method.split("@")[0], ""),
+            "thesis": THESIS.get(method.split("@")[0], "(not in the thesis)" if "/class" in method else ""),
         })
     return table
 

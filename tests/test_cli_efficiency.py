@@ -45,7 +45,7 @@ def test_data_pruning_and_robustness_from_the_command_line(builders, tmp_path, t
     r = json.loads(proc.stdout)
     t = r["training"]
     assert t["samples_seen"] == 2 * 718 and t["samples_scored"] == 2 * 1437     # k = round(0.5 N); 2 rescorings
-    assert t["data_pruning"] == {"method": "ucb", "rate": 0.5, "period": 1, "checkpoints": 2}
+    assert t["data_pruning"] == {"method": "ucb", "rate": 0.5, "period": 1, "by_class": False, "checkpoints": 2}
     assert t["flops"] > 0 and "3 forward passes" in t["convention"]
     rob = r["robustness"]
     assert rob["samples"] == 32 and 0 <= rob["ece"] <= 1

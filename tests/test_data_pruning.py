@@ -110,3 +110,20 @@ def test_state_dict_lets_a_resumed_run_continue_on_the_same_subset(small, tmp_pa
     resumed = SimpleNamespace(epoch=1, train_set=train, model=None)   # a non-checkpoint epoch
     b.on_epoch_start(resumed)
     assert resumed.train_set.indices == state.train_set.indices and len(b.checkpoints) == 1
+
+
+def test_by_class_keeps_the_same_fraction_of_every_class_by_the_criterion(small):
+    from edgeslim.data import targets_of
+
+    train, plain = small
+    model = tiny()
+    cb = DynamicDataPruning("loss", prune=0.5, score_set=plain, by_class=True)
+    cb.attach(train)
+    chosen = cb.select(model, 0)
+    labels, loss = targets_of(plain), losses(model, plain)
+    assert len(chosen) == 150
+    for c in range(10):
+        members = (labels == c).nonzero().flatten()
+        picked = [i for i in chosen.tolist() if labels[i] == c]
+        assert abs(len(picked) - len(members) / 2) <= 1                          # half of every class
+        assert set(picked) == set(members[torch.topk(loss[members], len(picked)).indices].tolist())

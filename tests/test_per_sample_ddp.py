@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -34,6 +35,7 @@ def _rank(rank, world, port, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned interpreters: about 10 s on a quiet machine, minutes on a busy one
 def test_ranks_agree_with_a_single_process(digits, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,6 +30,9 @@ def add_efficiency_args(p: argparse.ArgumentParser) -> None:
                    help=f"dynamic data pruning: METHOD in {', '.join(METHODS)}; RATE = fraction of samples left "
                         "out of each epoch, e.g. ucb:0.5")
     g.add_argument("--pruning-period", type=int, default=10, help="data pruning: rescore every N epochs (T_p)")
+    g.add_argument("--pruning-by-class", action="store_true",
+                   help="data pruning: keep the same fraction of every class (not in the thesis; stops loss-based "
+                        "criteria from dropping whole classes early in training)")
     g.add_argument("--caper", nargs="?", const="0.25%", metavar="GAMMA",
                    help="CAPER: remove GAMMA noise-unstable samples (a count, or a percentage like 1%%; default "
                         "0.25%%, the thesis's 125 of CIFAR-10's 50,000) at epoch --caper-tau")
@@ -85,7 +88,7 @@ def efficiency_callbacks(args, data: DataBundle, model: nn.Module, epochs: int, 
         raise ValueError(f"{' and '.join(chosen)} each choose the training samples; use one of them")
     if args.data_pruning:
         callbacks.append(parse_data_pruning(args.data_pruning, period=args.pruning_period, seed=seed,
-                                            score_set=data.train_plain))
+                                            score_set=data.train_plain, by_class=args.pruning_by_class))
     if args.caper:
         tau = args.caper_tau if args.caper_tau is not None else max(1, epochs // 6)
         callbacks.append(Caper(_caper_count(args.caper, len(data.train)), tau, args.caper_smoothing, seed=seed,
@@ -119,7 +122,7 @@ def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Modu
             summary["lilac"] = {"il_epochs": cb.il_epochs, "compensated_targets": cb.compensated}
         if hasattr(cb, "checkpoints"):
             summary["data_pruning"] = {"method": cb.method, "rate": cb.prune, "period": cb.period,
-                                       "checkpoints": len(cb.checkpoints)}
+                                       "by_class": cb.by_class, "checkpoints": len(cb.checkpoints)}
     return summary
 
 

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..data import targets_of
 from .loop import Callback, TrainState
 from .per_sample import EpochSubset, Resumable, per_sample_pass, plain_view, same_on_all_ranks, with_indices
 
@@ -44,6 +45,9 @@ class DynamicDataPruning(Resumable, Callback):
     """Train each period on the k samples a criterion selects from the whole data set.
 
     ``prune`` is the pruning rate p (the fraction of samples left out of each epoch), as in the thesis.
+    ``by_class`` (not in the thesis) selects the same fraction of every class, each by the criterion:
+    loss-based criteria on a young model otherwise pick whole classes the model does not predict yet,
+    and training on them alone can swing the model from class to class (seen on digits).
     ``score_set`` is the training set without augmentation, index-aligned with the training set
     (default: ``plain_view`` of it). Attributes after training: ``checkpoints`` (one record per
     selection), ``times_selected`` (per sample), ``scored_samples`` and ``scoring_s`` (cost).
@@ -54,7 +58,7 @@ class DynamicDataPruning(Resumable, Callback):
 
     def __init__(self, method: str = "ucb", prune: float = 0.5, period: int = 10, alpha: float = 0.8,
                  epsilon: float = 0.1, c: float = 1.0, seed: int = 0, score_set: Dataset | None = None,
-                 batch_size: int = 256, device: str | torch.device = "cpu"):
+                 batch_size: int = 256, device: str | torch.device = "cpu", by_class: bool = False):
         if method not in METHODS:
             raise ValueError(f"unknown data-pruning method {method!r}: one of {', '.join(METHODS)}")
         if not 0.0 <= prune < 1.0:
@@ -66,6 +70,7 @@ class DynamicDataPruning(Resumable, Callback):
         self.method, self.prune, self.period = method, prune, period
         self.alpha, self.epsilon, self.c, self.seed = alpha, epsilon, c, seed
         self.score_set, self.batch_size, self.device = score_set, batch_size, device
+        self.by_class = by_class
         self.full: Dataset | None = None
         self.ema: torch.Tensor | None = None
         self.var: torch.Tensor | None = None
@@ -110,20 +115,29 @@ class DynamicDataPruning(Resumable, Callback):
         """Sorted indices of the samples to train on until the next checkpoint (same on every rank)."""
         n, k = len(self.full), self.keep_count()
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + checkpoint)
-        if self.method == "random":
-            chosen = torch.randperm(n, generator=gen)[:k]
-        else:
-            score = self.score(model)
-            if self.method == "egreedy":
-                greedy = _top(score, k - round(self.epsilon * k), gen)
-                rest = torch.ones(n, dtype=torch.bool)
-                rest[greedy] = False
-                pool = rest.nonzero().flatten()
-                explore = pool[torch.randperm(len(pool), generator=gen)[: k - len(greedy)]]
-                chosen = torch.cat([greedy, explore])
-            else:
-                chosen = _top(score, k, gen)
+        score = None if self.method == "random" else self.score(model)
+        if not self.by_class:
+            chosen = self._pick(score, n, k, gen)
+        else:  # the same fraction of every class, each class selected by the criterion on its own
+            labels = targets_of(self.score_set)
+            classes = labels.unique()
+            members = [(labels == c).nonzero().flatten() for c in classes]
+            quota = _largest_remainder([len(m) * k / n for m in members], k)
+            chosen = torch.cat([m[self._pick(None if score is None else score[m], len(m), q, gen)]
+                                for m, q in zip(members, quota)])
         return same_on_all_ranks(chosen.sort().values)
+
+    def _pick(self, score: torch.Tensor | None, n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+        """k of n positions: at random, top-k by score, or epsilon-greedy."""
+        if score is None:
+            return torch.randperm(n, generator=gen)[:k]
+        if self.method != "egreedy":
+            return _top(score, k, gen)
+        greedy = _top(score, k - round(self.epsilon * k), gen)
+        rest = torch.ones(n, dtype=torch.bool)
+        rest[greedy] = False
+        pool = rest.nonzero().flatten()
+        return torch.cat([greedy, pool[torch.randperm(len(pool), generator=gen)[: k - len(greedy)]]])
 
     def score(self, model: torch.nn.Module) -> torch.Tensor:
         """Update the running statistics with a pass over the whole data set; higher = keep."""
@@ -171,6 +185,15 @@ def _top(score: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
     perm = torch.randperm(len(score), generator=gen)
     order = torch.argsort(score[perm], descending=True, stable=True)
     return perm[order[:k]]
+
+
+def _largest_remainder(shares: list[float], total: int) -> list[int]:
+    """Integers summing to ``total``, each the floor of its share plus one for the largest remainders."""
+    base = [math.floor(s) for s in shares]
+    order = sorted(range(len(shares)), key=lambda i: shares[i] - base[i], reverse=True)
+    for i in order[: total - sum(base)]:
+        base[i] += 1
+    return base
 
 
 def parse_data_pruning(text: str, **kwargs: Any) -> DynamicDataPruning:
