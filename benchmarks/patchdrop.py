@@ -98,7 +98,7 @@ def main(argv=None):
         acc, f1 = accuracy_and_f1(baseline, data.test)
         cost = training_cost(result, [], full_macs)
         rows.append({"method": "full", "drop": 0.0, "seed": seed, "accuracy": acc, "f1": f1, "tokens": probe.num_patches,
-                     "train_macs": full_macs, "cpu_s": result["cpu_s"], **cost.to_dict()})
+                     "never_kept": 0, "train_macs": full_macs, "cpu_s": result["cpu_s"], **cost.to_dict()})
         print(f"  full            seed {seed}: {acc:.2f} % F1 {f1:.3f} {cost.wall_s:.0f} s", file=sys.stderr, flush=True)
         saliency_start, saliency_cpu = time.perf_counter(), time.process_time()
         saliency = attention_saliency(baseline, data.train_plain)   # the frozen teacher, once per sample
@@ -114,6 +114,7 @@ def main(argv=None):
                 acc, f1 = accuracy_and_f1(model, data.test)
                 cost = training_cost(result, [pd], macs, score_macs_per_sample=full_macs)
                 rows.append({"method": mode, "drop": drop, "seed": seed, "accuracy": acc, "f1": f1, "tokens": k,
+                             "never_kept": len(pd.never_kept),
                              "train_macs": macs, "cpu_s": result["cpu_s"] + (saliency_cpu if mode != "random" else 0.0), **cost.to_dict()})
                 print(f"  {mode:<15} seed {seed} drop {drop:g}: {acc:.2f} % F1 {f1:.3f} {cost.wall_s:.0f} s",
                       file=sys.stderr, flush=True)
@@ -129,9 +130,9 @@ def print_table(rows, args, full_macs, probe):
           f"epochs, label smoothing 0.1, batch 64; seeds {args.seeds}; torch threads {torch.get_num_threads()}; "
           "evaluated on full images; F1 = macro F1 over the 10 classes")
     print(f"cost: {CONVENTION}; the saliency pass (teacher forward on every training image) is scoring\n")
-    print("| method | lambda | kept patches | accuracy % | macro F1 | train MACs/img | FLOPs vs full | wall s | "
-          "speed-up (wall) | CPU s | speed-up (CPU) | thesis (VWW, lambda 0.5) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | lambda | kept patches | positions never kept | accuracy % | macro F1 | train MACs/img | "
+          "FLOPs vs full | wall s | speed-up (wall) | CPU s | speed-up (CPU) | thesis (VWW, lambda 0.5) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r["method"], r["drop"]), []).append(r)
@@ -143,7 +144,7 @@ def print_table(rows, args, full_macs, probe):
         mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
         acc = f"{mean('accuracy'):.2f}" + (f" +- {statistics.stdev(r['accuracy'] for r in rs):.2f}" if len(rs) > 1 else "")
         wall = mean("wall_s") + mean("scoring_s")
-        print(f"| {method} | {drop:g} | {rs[0]['tokens']} | {acc} | {mean('f1'):.3f} | {rs[0]['train_macs'] / 1e6:.2f} M | "
+        print(f"| {method} | {drop:g} | {rs[0]['tokens']} | {rs[0]['never_kept']} | {acc} | {mean('f1'):.3f} | {rs[0]['train_macs'] / 1e6:.2f} M | "
               f"{mean('flops') / base_flops:.2f}x | {wall:.0f} | {base_wall / wall:.2f}x | {mean('cpu_s'):.0f} | "
               f"{base_cpu / mean('cpu_s'):.2f}x | {THESIS.get(method, '')} |")
 

@@ -38,6 +38,8 @@ def test_keeps_the_requested_tokens_and_evaluates_on_full_images(small, digits):
     sal = attention_saliency(teacher, plain)
     top = torch.topk(sal[5], 32).indices.sort().values
     assert torch.equal(pd.keep_for(torch.tensor([5]))[0], top)             # the most salient patches stay
+    kept_somewhere = set(pd.keep_table.flatten().tolist())
+    assert set(pd.never_kept.tolist()) == set(range(64)) - kept_somewhere
     salient = PatchDrop(0.25, "salient", sal)
     low = torch.topk(sal[5], 48, largest=False).indices.sort().values
     assert torch.equal(salient.keep_for(torch.tensor([5]))[0], low)       # the most salient patches go

@@ -118,6 +118,9 @@ def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Modu
             summary["caper"] = {k: v for k, v in cb.summary().items() if k != "removed"} | {
                 "removed_count": 0 if cb.removed is None else len(cb.removed),
                 "thesis_saved_forward_macs": cb.saved_forward_macs(fit_result["epochs"], macs)}
+        if isinstance(cb, PatchDrop):
+            summary["patchdrop"] = {"mode": cb.mode, "drop": cb.drop, "kept_patches": cb.k,
+                                    "positions_never_kept": len(cb.never_kept)}
         if isinstance(cb, Lilac):
             summary["lilac"] = {"il_epochs": cb.il_epochs, "compensated_targets": cb.compensated}
         if hasattr(cb, "checkpoints"):

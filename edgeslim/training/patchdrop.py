@@ -65,10 +65,16 @@ class PatchDrop(Callback):
         self.num_patches = saliency.shape[1] if saliency is not None else num_patches
         self.k = kept_tokens(self.num_patches, drop)
         self.keep_table = None
+        self.never_kept = torch.empty(0, dtype=torch.long)
         if saliency is not None and mode != "random":
             # nonsalient keeps the K most salient patches, salient keeps the K least salient
             order = torch.argsort(saliency.float(), dim=1, descending=(mode == "nonsalient"), stable=True)
             self.keep_table = order[:, : self.k].sort(1).values
+            # Positions dropped for EVERY image never train their positional embedding, yet full-image
+            # evaluation feeds them: with fixed backgrounds (digits) that can cost much accuracy.
+            seen = torch.zeros(self.num_patches, dtype=torch.bool)
+            seen[self.keep_table.flatten()] = True
+            self.never_kept = (~seen).nonzero().flatten()
         self.gen = torch.Generator().manual_seed(seed)
         self.scored_samples = 0
         self.scoring_s = 0.0
