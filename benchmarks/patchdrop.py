@@ -113,9 +113,9 @@ def main(argv=None):
                 model, result = train(args, data, seed, [pd])
                 acc, f1 = accuracy_and_f1(model, data.test)
                 cost = training_cost(result, [pd], macs, score_macs_per_sample=full_macs)
+                cpu = result["cpu_s"] + (saliency_cpu if mode != "random" else 0.0)
                 rows.append({"method": mode, "drop": drop, "seed": seed, "accuracy": acc, "f1": f1, "tokens": k,
-                             "never_kept": len(pd.never_kept),
-                             "train_macs": macs, "cpu_s": result["cpu_s"] + (saliency_cpu if mode != "random" else 0.0), **cost.to_dict()})
+                             "never_kept": len(pd.never_kept), "train_macs": macs, "cpu_s": cpu, **cost.to_dict()})
                 print(f"  {mode:<15} seed {seed} drop {drop:g}: {acc:.2f} % F1 {f1:.3f} {cost.wall_s:.0f} s",
                       file=sys.stderr, flush=True)
     print_table(rows, args, full_macs, probe)
@@ -142,9 +142,11 @@ def print_table(rows, args, full_macs, probe):
     base_cpu = statistics.mean(r["cpu_s"] for r in base)
     for (method, drop), rs in groups.items():
         mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
-        acc = f"{mean('accuracy'):.2f}" + (f" +- {statistics.stdev(r['accuracy'] for r in rs):.2f}" if len(rs) > 1 else "")
+        spread = f" +- {statistics.stdev(r['accuracy'] for r in rs):.2f}" if len(rs) > 1 else ""
+        acc = f"{mean('accuracy'):.2f}{spread}"
         wall = mean("wall_s") + mean("scoring_s")
-        print(f"| {method} | {drop:g} | {rs[0]['tokens']} | {rs[0]['never_kept']} | {acc} | {mean('f1'):.3f} | {rs[0]['train_macs'] / 1e6:.2f} M | "
+        print(f"| {method} | {drop:g} | {rs[0]['tokens']} | {rs[0]['never_kept']} | {acc} | {mean('f1'):.3f} | "
+              f"{rs[0]['train_macs'] / 1e6:.2f} M | "
               f"{mean('flops') / base_flops:.2f}x | {wall:.0f} | {base_wall / wall:.2f}x | {mean('cpu_s'):.0f} | "
               f"{base_cpu / mean('cpu_s'):.2f}x | {THESIS.get(method, '')} |")
 

@@ -19,8 +19,8 @@ from torch.utils.data import Dataset, Subset
 
 from ..data import make_loader, targets_of
 
-__all__ = ["IndexedDataset", "LabelledView", "EpochSubset", "Resumable", "unwrap", "yields_indices", "with_indices", "plain_view", "per_sample_pass", "same_on_all_ranks", "max_on_all_ranks",
-           "rank_and_world"]
+__all__ = ["IndexedDataset", "LabelledView", "EpochSubset", "Resumable", "unwrap", "yields_indices", "with_indices",
+           "plain_view", "per_sample_pass", "same_on_all_ranks", "max_on_all_ranks", "rank_and_world"]
 
 
 class IndexedDataset(Dataset):
@@ -128,7 +128,7 @@ def per_sample_pass(model: nn.Module, dataset: Dataset,
                     fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                     batch_size: int = 256, device: str | torch.device = "cpu", indices: torch.Tensor | None = None,
                     ) -> torch.Tensor:
-    """``fn(model, x, y, index)`` for every sample of ``dataset`` (or of ``indices`` of it), one row per sample, in order.
+    """``fn(model, x, y, index)`` for every sample of ``dataset`` (or of ``indices`` of it): one row each, in order.
 
     The model runs in eval mode (running BN statistics: a sample's score must not depend on its
     batch mates) and its mode is restored. ``fn`` returns a tensor whose first dimension is the batch.
