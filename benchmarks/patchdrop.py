@@ -6,7 +6,8 @@
 1. Train the ViT on all tokens (the baseline). 2. Freeze it and compute, once per training image,
 the CLS attention of its last block over the patches (the saliency; the thesis uses DINO ViT-B).
 3. Train the same ViT from the same initialisation with PatchDrop (NonSalient, Random, Salient)
-at each drop fraction lambda, and evaluate every model on full images. The saliency pass is
+at each drop fraction lambda, and evaluate every model on full images (and, as a diagnostic, on
+the patches the same drop keeps of each test image, by the teacher's saliency). The saliency pass is
 reported as scoring cost and included in the speed-ups (wall and CPU seconds; with ``--threads 1``
 CPU seconds are the steadier measure on a shared machine). Training MACs per sample are counted
 with the kept tokens (edgeslim.count on ``model(x, keep)``).
@@ -61,14 +62,16 @@ def vit(args, num_classes, seed):
 
 
 @torch.no_grad()
-def accuracy_and_f1(model, dataset):
+def accuracy_and_f1(model, dataset, keep=None):
+    """Accuracy and macro F1 on full images (or on the patches ``keep`` (images, K) only: a diagnostic)."""
     from sklearn.metrics import f1_score
 
     model.eval()
-    preds, labels = [], []
+    preds, labels, start = [], [], 0
     for x, y in make_loader(dataset, 256):
-        preds.append(model(x).argmax(1))
+        preds.append(model(x, keep=None if keep is None else keep[start:start + len(x)]).argmax(1))
         labels.append(y)
+        start += len(x)
     preds, labels = torch.cat(preds), torch.cat(labels)
     return 100.0 * float((preds == labels).double().mean()), float(f1_score(labels, preds, average="macro"))
 
@@ -98,11 +101,12 @@ def main(argv=None):
         acc, f1 = accuracy_and_f1(baseline, data.test)
         cost = training_cost(result, [], full_macs)
         rows.append({"method": "full", "drop": 0.0, "seed": seed, "accuracy": acc, "f1": f1, "tokens": probe.num_patches,
-                     "never_kept": 0, "train_macs": full_macs, "cpu_s": result["cpu_s"], **cost.to_dict()})
+                     "never_kept": 0, "kept_accuracy": None, "train_macs": full_macs, "cpu_s": result["cpu_s"], **cost.to_dict()})
         print(f"  full            seed {seed}: {acc:.2f} % F1 {f1:.3f} {cost.wall_s:.0f} s", file=sys.stderr, flush=True)
         saliency_start, saliency_cpu = time.perf_counter(), time.process_time()
         saliency = attention_saliency(baseline, data.train_plain)   # the frozen teacher, once per sample
         saliency_s, saliency_cpu = time.perf_counter() - saliency_start, time.process_time() - saliency_cpu
+        test_saliency = attention_saliency(baseline, data.test)      # only for the kept-patch diagnostic
         for drop in (float(d) for d in args.drops.split(",")):
             k = kept_tokens(probe.num_patches, drop)
             macs = forward_macs(probe, (example, torch.arange(k)[None]))
@@ -112,10 +116,14 @@ def main(argv=None):
                     pd.scored_samples, pd.scoring_s = len(saliency), saliency_s
                 model, result = train(args, data, seed, [pd])
                 acc, f1 = accuracy_and_f1(model, data.test)
+                kept_acc = None
+                if mode != "random":  # the same drop at test time (teacher saliency of the test images)
+                    kept_acc = accuracy_and_f1(model, data.test, PatchDrop(drop, mode, test_saliency).keep_table)[0]
                 cost = training_cost(result, [pd], macs, score_macs_per_sample=full_macs)
                 cpu = result["cpu_s"] + (saliency_cpu if mode != "random" else 0.0)
                 rows.append({"method": mode, "drop": drop, "seed": seed, "accuracy": acc, "f1": f1, "tokens": k,
-                             "never_kept": len(pd.never_kept), "train_macs": macs, "cpu_s": cpu, **cost.to_dict()})
+                             "never_kept": len(pd.never_kept), "kept_accuracy": kept_acc, "train_macs": macs,
+                             "cpu_s": cpu, **cost.to_dict()})
                 print(f"  {mode:<15} seed {seed} drop {drop:g}: {acc:.2f} % F1 {f1:.3f} {cost.wall_s:.0f} s",
                       file=sys.stderr, flush=True)
     print_table(rows, args, full_macs, probe)
@@ -130,9 +138,9 @@ def print_table(rows, args, full_macs, probe):
           f"epochs, label smoothing 0.1, batch 64; seeds {args.seeds}; torch threads {torch.get_num_threads()}; "
           "evaluated on full images; F1 = macro F1 over the 10 classes")
     print(f"cost: {CONVENTION}; the saliency pass (teacher forward on every training image) is scoring\n")
-    print("| method | lambda | kept patches | positions never kept | accuracy % | macro F1 | train MACs/img | "
-          "FLOPs vs full | wall s | speed-up (wall) | CPU s | speed-up (CPU) | thesis (VWW, lambda 0.5) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | lambda | kept patches | positions never kept | accuracy % | macro F1 | accuracy % on kept patches "
+          "| train MACs/img | FLOPs vs full | wall s | speed-up (wall) | CPU s | speed-up (CPU) | thesis (VWW, lambda 0.5) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r["method"], r["drop"]), []).append(r)
@@ -144,8 +152,9 @@ def print_table(rows, args, full_macs, probe):
         mean = lambda key: statistics.mean(r[key] for r in rs)  # noqa: E731
         spread = f" +- {statistics.stdev(r['accuracy'] for r in rs):.2f}" if len(rs) > 1 else ""
         acc = f"{mean('accuracy'):.2f}{spread}"
+        kept = f"{mean('kept_accuracy'):.2f}" if rs[0]["kept_accuracy"] is not None else "-"
         wall = mean("wall_s") + mean("scoring_s")
-        print(f"| {method} | {drop:g} | {rs[0]['tokens']} | {rs[0]['never_kept']} | {acc} | {mean('f1'):.3f} | "
+        print(f"| {method} | {drop:g} | {rs[0]['tokens']} | {rs[0]['never_kept']} | {acc} | {mean('f1'):.3f} | {kept} | "
               f"{rs[0]['train_macs'] / 1e6:.2f} M | "
               f"{mean('flops') / base_flops:.2f}x | {wall:.0f} | {base_wall / wall:.2f}x | {mean('cpu_s'):.0f} | "
               f"{base_cpu / mean('cpu_s'):.2f}x | {THESIS.get(method, '')} |")

@@ -71,7 +71,7 @@ class PatchDrop(Callback):
             order = torch.argsort(saliency.float(), dim=1, descending=(mode == "nonsalient"), stable=True)
             self.keep_table = order[:, : self.k].sort(1).values
             # Positions dropped for EVERY image never train their positional embedding, yet full-image
-            # evaluation feeds them: with fixed backgrounds (digits) that can cost much accuracy.
+            # evaluation feeds them: worth knowing before trusting full-image accuracy.
             seen = torch.zeros(self.num_patches, dtype=torch.bool)
             seen[self.keep_table.flatten()] = True
             self.never_kept = (~seen).nonzero().flatten()
