@@ -72,3 +72,24 @@ def test_conflicting_or_malformed_options_are_one_clear_error(builders, tmp_path
     assert proc.returncode == 2 and "use one of them" in json.loads(proc.stdout)["error"]
     proc = train(f"{builders}:cnn", "--epochs", "1", "-o", str(tmp_path), "--patchdrop", "nonsalient:0.5")
     assert proc.returncode == 2 and "vision transformer" in json.loads(proc.stdout)["error"]
+
+
+@pytest.mark.slow  # prunes, fine-tunes and attacks two models: ~25 s on a quiet machine
+def test_prune_fine_tunes_with_data_pruning_and_reports_dense_vs_slim_robustness(builders, tmp_path, capsys):
+    code = main(["prune", f"{builders}:cnn", "--target", "macs=0.5", "--data", "digits", "--finetune-epochs", "1",
+                 "--data-pruning", "random:0.5", "--eval-robustness", "--robustness-limit", "16", "-o", str(tmp_path),
+                 "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert code == 0, r
+    assert r["training"]["samples_seen"] == 718 and r["training"]["samples_scored"] == 0  # random: no scoring
+    rob = r["robustness"]
+    for side in ("dense", "slim"):
+        assert rob[side]["samples"] == 16 and "fgsm_transfer" in rob[side]["accuracy_under"]
+    assert rob["slim_minus_dense"]["ece"] == rob["slim"]["ece"] - rob["dense"]["ece"]
+
+
+def test_prune_refuses_training_options_without_fine_tuning(builders, tmp_path, capsys):
+    code = main(["prune", f"{builders}:cnn", "--data", "digits", "--caper", "-o", str(tmp_path), "--json"])
+    assert code == 2 and "--finetune-epochs" in json.loads(capsys.readouterr().out)["error"]
+    code = main(["prune", f"{builders}:cnn", "--eval-robustness", "-o", str(tmp_path), "--json"])
+    assert code == 2 and "--data" in json.loads(capsys.readouterr().out)["error"]

@@ -129,14 +129,22 @@ def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Modu
     return summary
 
 
-def robustness_summary(args, model: nn.Module, data: DataBundle, source: nn.Module | None = None) -> dict[str, Any]:
-    """The ``robustness`` JSON key (``--eval-robustness``), without the per-bin reliability table.
+def robustness_summary(args, model: nn.Module, data: DataBundle, source: nn.Module | None = None,
+                       compare_with: nn.Module | None = None) -> dict[str, Any]:
+    """The ``robustness`` JSON key (``--eval-robustness``), without the per-bin reliability tables.
 
-    Transferred attacks come from ``source``, or from ``--robustness-source``.
+    Transferred attacks come from ``source``, or from ``--robustness-source``. With ``compare_with``
+    (the slim model of ``model``) it is ``compare_robustness``: {dense, slim, slim_minus_dense}, each
+    model also attacked with the other's examples.
     """
-    from ..metrics.robustness import evaluate_robustness
+    from ..metrics.robustness import compare_robustness, evaluate_robustness
     from ..models import load_model
 
+    if compare_with is not None:
+        result = compare_robustness(model, compare_with, data.test, limit=args.robustness_limit)
+        for side in ("dense", "slim"):
+            result[side].pop("reliability")
+        return result
     if source is None and args.robustness_source:
         source = load_model(args.robustness_source, num_classes=data.num_classes).model
     result = evaluate_robustness(model, data.test, source=source, limit=args.robustness_limit)

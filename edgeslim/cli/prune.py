@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .common import add_command, add_model_args, human, resolve_model
+from .efficiency import add_efficiency_args, efficiency_callbacks, robustness_summary, training_summary
 
 
 def add_parser(sub) -> None:
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="run folder: DIR/model.pt and DIR/plan.json")
+    add_efficiency_args(p)  # shape the fine-tuning (--data-pruning, --caper, ...) and --eval-robustness
 
 
 def run(args) -> dict:
@@ -38,6 +40,15 @@ def run(args) -> dict:
 
     if args.finetune_epochs and not args.data:
         raise ValueError("--finetune-epochs needs --data (the data to fine-tune on)")
+    shaping = [o for o, on in (("--data-pruning", args.data_pruning), ("--caper", args.caper),
+                               ("--curriculum", args.curriculum), ("--patchdrop", args.patchdrop)) if on]
+    if shaping and not args.finetune_epochs:
+        raise ValueError(f"{', '.join(shaping)} shape the fine-tuning: add --finetune-epochs N (and --data)")
+    if args.robustness_source:
+        raise ValueError("prune attacks the dense and slim models with each other's examples; --robustness-source "
+                         "is for edgeslim train")
+    if args.eval_robustness and not args.data:
+        raise ValueError("--eval-robustness needs --data (its test set is what the model is evaluated on)")
     data = load_data(args.data, image_size=args.input[-1] if args.input else None) if args.data else None
     loaded = resolve_model(args, num_classes=data.num_classes if data else None)
     if data is not None and args.input is None:
@@ -63,11 +74,15 @@ def run(args) -> dict:
         out["accuracy_before_finetune"] = evaluate(slim, data.test)["accuracy"]
         if args.finetune_epochs:
             t0 = time.perf_counter()
-            cfg = TrainConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-            fit(slim, data.train, data.test, cfg, progress=not args.json)
+            callbacks, epochs = efficiency_callbacks(args, data, slim, args.finetune_epochs, args.seed)
+            cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+            fitted = fit(slim, data.train, data.test, cfg, callbacks, progress=not args.json)
             finetune_s = time.perf_counter() - t0
+            out["training"] = training_summary(fitted, callbacks, slim, data)
         slim.eval()
         out["slim"]["accuracy"] = evaluate(slim, data.test)["accuracy"]
+        if args.eval_robustness:  # what slimming did to calibration and robustness; attacks also cross over
+            out["robustness"] = robustness_summary(args, model, data, compare_with=slim)
     out["timing"] = {**result.timing, "finetune_s": finetune_s}
 
     run_dir = Path(args.output)
@@ -95,6 +110,11 @@ def render(r: dict) -> None:
     print(f"proof: slim model == masked original, relative error {r['equivalence_error']:.1e}")
     t = r["timing"]
     print(f"time: scoring {t['scoring_s']:.1f} s, surgery {t['surgery_s']:.1f} s, fine-tuning {t['finetune_s']:.1f} s")
+    if "robustness" in r:
+        rob = r["robustness"]
+        print(f"{'ECE %':<14}{100 * rob['dense']['ece']:>14.2f}{100 * rob['slim']['ece']:>14.2f}")
+        for k, v in rob["dense"]["accuracy_under"].items():
+            print(f"{k + ' acc %':<14}{v:>14.2f}{rob['slim']['accuracy_under'][k]:>14.2f}")
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}")
