@@ -8,6 +8,15 @@ from edgeslim.training import Callback, TrainConfig, fit
 from edgeslim.training.caper import Caper, classifier_sensitivity, default_feature_layer, window_weights
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def small(digits):
     return Subset(digits.train, range(240)), Subset(digits.train_plain, range(240))

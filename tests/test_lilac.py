@@ -9,6 +9,15 @@ from edgeslim.training import TrainConfig, fit
 from edgeslim.training.lilac import Lilac, compensated_targets
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_labels_are_revealed_on_schedule_with_balanced_pseudo_label_negatives(digits):
     lilac = Lilac(10, step=2, interval=3)
     assert lilac.il_epochs == 12                      # (10 - 2) / 2 intervals of 3 epochs

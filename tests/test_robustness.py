@@ -10,6 +10,15 @@ from edgeslim.models import build_model
 from edgeslim.training import TrainConfig, evaluate, fit
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def trained(digits):
     torch.manual_seed(0)

@@ -4,7 +4,8 @@
 ``--curriculum lilac``, ``--patchdrop MODE:LAMBDA`` and ``--eval-robustness`` (with their settings);
 ``efficiency_callbacks(args, data, model, epochs)`` turns them into ``fit`` callbacks and the number
 of epochs to run; ``training_summary`` and ``robustness_summary`` produce the ``training`` and
-``robustness`` JSON keys.
+``robustness`` JSON keys. ``edgeslim train``, ``finetune`` and ``prune --finetune-epochs`` use
+them (the last two through ``cli.finetune.recover``).
 """
 from __future__ import annotations
 
@@ -103,8 +104,12 @@ def efficiency_callbacks(args, data: DataBundle, model: nn.Module, epochs: int, 
     return callbacks, epochs
 
 
-def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Module, data: DataBundle) -> dict[str, Any]:
-    """The ``training`` JSON key: samples seen, FLOPs (one convention, printed with it), wall-clock."""
+def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Module, data: DataBundle,
+                     teacher_macs: int = 0) -> dict[str, Any]:
+    """The ``training`` JSON key: samples seen, FLOPs (one convention, printed with it), wall-clock.
+
+    ``teacher_macs``: forward MACs of a distillation teacher, which sees every trained sample once.
+    """
     example = torch.randn(1, *data.input_shape)
     macs = forward_macs(model, example)
     train_macs = macs
@@ -113,6 +118,10 @@ def training_summary(fit_result: dict[str, Any], callbacks: list, model: nn.Modu
             train_macs = forward_macs(model, (example, torch.arange(kept_tokens(cb.num_patches, cb.drop))[None]))
     cost = training_cost(fit_result, callbacks, train_macs, score_macs_per_sample=macs).to_dict()
     summary = {"samples_seen": cost["samples_trained"], **cost}
+    summary["flops_convention"] = summary.pop("convention")
+    if teacher_macs:
+        summary["flops"] += 2 * teacher_macs * cost["samples_trained"]
+        summary["flops_convention"] += "; a distillation teacher adds 1 forward pass per trained sample"
     for cb in callbacks:
         if isinstance(cb, Caper):
             summary["caper"] = {k: v for k, v in cb.summary().items() if k != "removed"} | {
@@ -140,13 +149,25 @@ def robustness_summary(args, model: nn.Module, data: DataBundle, source: nn.Modu
     from ..metrics.robustness import compare_robustness, evaluate_robustness
     from ..models import load_model
 
+    progress = not getattr(args, "json", False)
+
     if compare_with is not None:
-        result = compare_robustness(model, compare_with, data.test, limit=args.robustness_limit)
+        result = compare_robustness(model, compare_with, data.test, limit=args.robustness_limit, progress=progress)
         for side in ("dense", "slim"):
             result[side].pop("reliability")
         return result
     if source is None and args.robustness_source:
         source = load_model(args.robustness_source, num_classes=data.num_classes).model
-    result = evaluate_robustness(model, data.test, source=source, limit=args.robustness_limit)
+    result = evaluate_robustness(model, data.test, source=source, limit=args.robustness_limit, progress=progress)
     result.pop("reliability")
     return result
+
+
+def render_robustness(rob: dict[str, Any]) -> None:
+    """Print a ``robustness`` key: one column per model (dense / slim when compared)."""
+    sides = [s for s in ("dense", "slim") if s in rob] or [None]
+    cols = [rob[s] if s else rob for s in sides]
+    print(f"\n{'robustness':<18}" + "".join(f"{s or 'model':>12}" for s in sides))
+    print(f"{'ECE %':<18}" + "".join(f"{100 * c['ece']:>12.2f}" for c in cols))
+    for k in cols[0]["accuracy_under"]:
+        print(f"{k + ' acc %':<18}" + "".join(f"{c['accuracy_under'][k]:>12.2f}" for c in cols))

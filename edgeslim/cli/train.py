@@ -7,7 +7,7 @@ from ..data import load_data
 from ..models import save_checkpoint
 from ..training import TrainConfig, fit
 from .common import add_command, add_model_args, resolve_model
-from .efficiency import add_efficiency_args, efficiency_callbacks, robustness_summary, training_summary
+from .efficiency import add_efficiency_args, efficiency_callbacks, render_robustness, robustness_summary, training_summary
 
 
 def add_parser(sub) -> None:
@@ -53,8 +53,6 @@ def render(r: dict) -> None:
           f"(best {r['best_accuracy']:.2f} %)\ncheckpoint: {r['checkpoint']}")
     t = r["training"]
     print(f"training cost: {t['samples_seen']} samples trained, {t['samples_scored']} scored, "
-          f"{t['flops'] / 1e12:.3f} TFLOPs ({t['convention']})")
+          f"{t['flops'] / 1e12:.3f} TFLOPs ({t['flops_convention']})")
     if "robustness" in r:
-        rob = r["robustness"]
-        under = ", ".join(f"{k} {v:.1f}" for k, v in rob["accuracy_under"].items())
-        print(f"robustness: ECE {100 * rob['ece']:.2f} %, accuracy % under {under}")
+        render_robustness(r["robustness"])

@@ -114,7 +114,7 @@ class Caper(Resumable, Callback):
     def __init__(self, remove: int, tau: int = 50, smoothing: float = 0.1, noise_std: float = 0.5,
                  layers: Sequence[str] | None = None, window: str | Sequence[float] = "last",
                  sensitive_channels: int | None = None, prefilter_labels: int | None = None, seed: int = 0,
-                 score_set: Dataset | None = None, batch_size: int = 256, device: str | torch.device = "cpu",
+                 score_set: Dataset | None = None, batch_size: int = 256, device: str | torch.device | None = None,
                  selection: str = "instability"):
         if remove < 0 or tau < 0 or not 0.0 <= smoothing < 1.0 or noise_std < 0:
             raise ValueError("CAPER needs remove >= 0 samples, tau >= 0 epochs, 0 <= smoothing < 1, noise_std >= 0")
@@ -183,7 +183,7 @@ class Caper(Resumable, Callback):
     def instability_of(self, model: nn.Module, indices: torch.Tensor | None = None) -> torch.Tensor:
         """xi (Eq. 6.9) for the samples ``indices`` (default all), normalised over those samples."""
         model = unwrap(model)
-        example = self.score_set[0][0].unsqueeze(0).to(self.device)
+        example = self.score_set[0][0].unsqueeze(0).to(next(model.parameters()).device)
         layers = self.layers or [default_feature_layer(model, example)]
         modules = dict(model.named_modules())
         missing = [n for n in layers if n not in modules]

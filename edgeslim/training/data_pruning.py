@@ -58,7 +58,7 @@ class DynamicDataPruning(Resumable, Callback):
 
     def __init__(self, method: str = "ucb", prune: float = 0.5, period: int = 10, alpha: float = 0.8,
                  epsilon: float = 0.1, c: float = 1.0, seed: int = 0, score_set: Dataset | None = None,
-                 batch_size: int = 256, device: str | torch.device = "cpu", by_class: bool = False):
+                 batch_size: int = 256, device: str | torch.device | None = None, by_class: bool = False):
         if method not in METHODS:
             raise ValueError(f"unknown data-pruning method {method!r}: one of {', '.join(METHODS)}")
         if not 0.0 <= prune < 1.0:

@@ -35,7 +35,7 @@ def kept_tokens(num_patches: int, drop: float) -> int:
 
 
 def attention_saliency(teacher: nn.Module, dataset: Dataset, batch_size: int = 256,
-                       device: str | torch.device = "cpu") -> torch.Tensor:
+                       device: str | torch.device | None = None) -> torch.Tensor:
     """(samples, patches) CLS-attention saliency of a frozen ViT (``teacher.cls_attention``), once per sample."""
     if not hasattr(teacher, "cls_attention"):
         raise ValueError(f"{type(teacher).__name__} has no cls_attention(); the saliency model must be a "
@@ -81,7 +81,7 @@ class PatchDrop(Callback):
 
     @classmethod
     def from_teacher(cls, teacher: nn.Module, train_set: Dataset, drop: float = 0.5, mode: str = "nonsalient",
-                     seed: int = 0, batch_size: int = 256, device: str | torch.device = "cpu") -> "PatchDrop":
+                     seed: int = 0, batch_size: int = 256, device: str | torch.device | None = None) -> "PatchDrop":
         """Compute the saliency once with the frozen ``teacher`` on the un-augmented ``train_set``."""
         start = time.perf_counter()
         saliency = attention_saliency(teacher, plain_view(train_set), batch_size, device) if mode != "random" else None
@@ -112,4 +112,4 @@ class PatchDrop(Callback):
     def forward(self, state: TrainState, x, y):
         if state.batch_indices is None:
             raise RuntimeError("PatchDrop needs sample indices: its training set was replaced by another callback")
-        return state.model(x, keep=self.keep_for(state.batch_indices).to(x.device))
+        return state.train_model(x, keep=self.keep_for(state.batch_indices).to(x.device))  # DDP-wrapped when distributed

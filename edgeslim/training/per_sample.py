@@ -126,7 +126,7 @@ def rank_and_world() -> tuple[int, int]:
 @torch.no_grad()
 def per_sample_pass(model: nn.Module, dataset: Dataset,
                     fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                    batch_size: int = 256, device: str | torch.device = "cpu", indices: torch.Tensor | None = None,
+                    batch_size: int = 256, device: str | torch.device | None = None, indices: torch.Tensor | None = None,
                     ) -> torch.Tensor:
     """``fn(model, x, y, index)`` for every sample of ``dataset`` (or of ``indices`` of it): one row each, in order.
 
@@ -136,6 +136,8 @@ def per_sample_pass(model: nn.Module, dataset: Dataset,
     """
     rank, world = rank_and_world()
     model = unwrap(model)  # a DDP forward may broadcast buffers: ranks with different batch counts would hang
+    if device is None:  # where the model is
+        device = next(model.parameters(), torch.empty(0)).device
     order = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices).long()
     mine = order[rank::world]
     was_training = model.training
