@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from .cifar import CifarResNet, CifarVGG16, MCifarNet, PadShortcut
+from .vit import VisionTransformer
 
 __all__ = [
     "ZOO", "register_zoo", "build_model", "default_input_shape", "load_model", "LoadedModel",
     "save_checkpoint", "load_checkpoint", "CifarResNet", "CifarVGG16", "MCifarNet", "PadShortcut",
+    "VisionTransformer",
 ]
 
 CHECKPOINT_FORMAT = "edgeslim-checkpoint/1"
@@ -56,6 +58,8 @@ for _depth in (20, 32, 44, 56, 110):
     register_zoo(f"resnet{_depth}")(lambda num_classes=10, _d=_depth, **kw: CifarResNet(_d, num_classes, **kw))
 register_zoo("vgg16")(lambda num_classes=10, **kw: CifarVGG16(num_classes, **kw))
 register_zoo("mcifarnet")(lambda num_classes=10, **kw: MCifarNet(num_classes, **kw))
+# a small ViT for 32x32 inputs (patch 4, width 96, 6 blocks): the PatchDrop model
+register_zoo("vit_tiny")(lambda num_classes=10, **kw: VisionTransformer(num_classes, **kw))
 
 
 # torchvision models whose natural input is not 224x224
