@@ -72,11 +72,16 @@ def test_solve_limits_on_small_curves():
     betas = {"a": 0.5, "b": 0.25}  # another 25 % of the parameters is not prunable
     gammas, t, total = solve_limits(curves, betas, tau=0.4, levels=levels)
     # t = 0.9: 0.5*0.25 + 0.25*0.5 = 0.25; t = 0.85: 0.125 + 0.1875 = 0.3125 (a's 0.8 < 0.85);
-    # t = 0.8: a -> 0.5, b -> 0.75: 0.25 + 0.1875 = 0.4375 >= 0.4
-    assert t == pytest.approx(0.8) and gammas == {"a": 0.5, "b": 0.75} and total == pytest.approx(0.4375)
+    # t = 0.8: a -> 0.5, b -> 0.75: 0.25 + 0.1875 = 0.4375 >= 0.4. Only a rose in that step (0.25 -> 0.5):
+    # it goes the part of the way that lands on tau: 0.5 * g_a + 0.1875 = 0.4 -> g_a = 0.425
+    assert t == pytest.approx(0.8) and total == pytest.approx(0.4)
+    assert gammas["a"] == pytest.approx(0.425) and gammas["b"] == pytest.approx(0.75)
+    # a flat curve does not jump to the top level: it rises just enough
+    gammas, _, total = solve_limits({"a": np.array([0.5, 0.5, 0.5])}, {"a": 1.0}, tau=0.3, levels=levels)
+    assert gammas["a"] == pytest.approx(0.3) and total == pytest.approx(0.3)
     # a noisy curve: the threshold meets it "latest", at the highest level still above t
-    gammas, _, _ = solve_limits({"a": np.array([0.9, 0.5, 0.8])}, {"a": 1.0}, tau=0.7, levels=levels)
-    assert gammas["a"] == 0.75
+    gammas, _, _ = solve_limits({"a": np.array([0.9, 0.5, 0.8])}, {"a": 1.0}, tau=0.75, levels=levels)
+    assert gammas["a"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="cannot be reached"):
         solve_limits(curves, betas, tau=0.9, levels=levels)
 

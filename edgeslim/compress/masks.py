@@ -100,8 +100,12 @@ def _weight_layers(model: nn.Module):
             yield name, m
 
 
-def csr_npz_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> int:
-    """Size of the conv/FC weights written as CSR matrices (float32 data, int32 indices) in one ``.npz``."""
+def csr_npz_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None, dense: bool = False) -> int:
+    """Size of the conv/FC weights written as CSR matrices (float32 data, int32 indices) in one ``.npz``.
+
+    ``masks`` zero weights first; ``dense`` stores every entry (the un-pruned model's footprint, even
+    if some weights happen to be zero already).
+    """
     from scipy import sparse
 
     arrays = {}
@@ -110,10 +114,16 @@ def csr_npz_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor] | None = N
         w = m.weight.detach().float().cpu()
         if f"{name}.weight" in masks:
             w = w * torch.as_tensor(masks[f"{name}.weight"]).float()
-        mat = sparse.csr_matrix(w.reshape(w.shape[0], -1).numpy())
-        arrays[f"{name}.data"] = mat.data.astype(np.float32)
-        arrays[f"{name}.indices"] = mat.indices.astype(np.int32)
-        arrays[f"{name}.indptr"] = mat.indptr.astype(np.int32)
+        w2 = w.reshape(w.shape[0], -1).numpy()
+        if dense:
+            rows, cols = w2.shape
+            data, indices, indptr = w2.ravel(), np.tile(np.arange(cols), rows), np.arange(0, rows * cols + 1, cols)
+        else:
+            mat = sparse.csr_matrix(w2)
+            data, indices, indptr = mat.data, mat.indices, mat.indptr
+        arrays[f"{name}.data"] = data.astype(np.float32)
+        arrays[f"{name}.indices"] = indices.astype(np.int32)
+        arrays[f"{name}.indptr"] = indptr.astype(np.int32)
         if m.bias is not None:
             arrays[f"{name}.bias"] = m.bias.detach().float().cpu().numpy()
     buf = io.BytesIO()
@@ -128,7 +138,8 @@ def mask_report(model: nn.Module, masks: Mapping[str, torch.Tensor], example: to
     ``params_pruned_pct``: zeroed weights / all weights and biases of conv and FC layers (SNACS
     "Pruning (%)", MINT "Parameters Pruned (%)"). ``flops_reduced_pct``: multiply-accumulates of the
     zeroed kernels (per output position) / all conv and FC multiply-accumulates. ``memory_mb``: CSR
-    ``.npz`` size of the masked weights (MB = 1e6 bytes), beside the dense model's. Per layer too.
+    ``.npz`` size of the masked weights (MB = 1e6 bytes), beside ``memory_mb_dense`` (every weight
+    stored the same way). Per layer too.
     """
     _validated(model, masks)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -170,6 +181,6 @@ def mask_report(model: nn.Module, masks: Mapping[str, torch.Tensor], example: to
         "flops_reduced_pct": 100.0 * pruned_macs / max(1, total_macs),
         "params_total": total_params, "params_pruned": pruned_params,
         "macs_total": total_macs, "macs_pruned": pruned_macs,
-        "memory_mb": csr_npz_bytes(model, masks) / 1e6, "memory_mb_dense": csr_npz_bytes(model) / 1e6,
+        "memory_mb": csr_npz_bytes(model, masks) / 1e6, "memory_mb_dense": csr_npz_bytes(model, dense=True) / 1e6,
         "layers": layers,
     }

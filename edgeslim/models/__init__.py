@@ -110,6 +110,7 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None
     plan: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] | None = None  # connection masks (MINT/SNACS thesis mode), kept while fine-tuning
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         if self.input_shape is None:
@@ -119,8 +120,9 @@ class LoadedModel:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs: dict[str, Any] | None = None,
                     input_shape: tuple[int, ...] | None = None, plan: dict[str, Any] | None = None,
-                    meta: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as architecture spelling + state_dict (+ plan), loadable with weights_only=True."""
+                    meta: dict[str, Any] | None = None, masks: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``model`` as architecture spelling + state_dict (+ plan, + connection ``masks`` {param: 0/1}),
+    loadable with weights_only=True."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -132,6 +134,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if masks is not None:
+        payload["masks"] = {k: torch.as_tensor(v).detach().to("cpu", torch.bool) for k, v in masks.items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)  # never leave a half-written checkpoint behind
@@ -149,7 +153,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         model = apply_plan(model, payload["plan"])
     model.load_state_dict(payload["state_dict"])
     shape = tuple(payload["input_shape"]) if payload["input_shape"] else None
-    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"])
+    masks = payload.get("masks")
+    masks = {k: v.float() for k, v in masks.items()} if masks is not None else None
+    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"], masks)
 
 
 def load_model(spec: str, weights: str | None = None, num_classes: int | None = None,

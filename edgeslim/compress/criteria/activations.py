@@ -91,7 +91,12 @@ class Activations:
 
 def _as_loader(data: Dataset | DataLoader, per_class: int | None, seed: int, batch_size: int) -> DataLoader:
     if isinstance(data, DataLoader):
-        return data  # the caller chose the calibration samples
+        if per_class is None:
+            return data  # the caller chose the calibration samples
+        try:  # draw m per class from the loader's data set when its labels can be read
+            return make_loader(calibration_subset(data.dataset, per_class, seed), data.batch_size or batch_size)
+        except (AttributeError, TypeError):
+            return data
     if per_class is not None:
         data = calibration_subset(data, per_class, seed)
     if len(data) == 0:

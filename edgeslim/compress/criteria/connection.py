@@ -117,13 +117,14 @@ def protected_filters(lam: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def _curve_job(name: str, features_in: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, y: np.ndarray,
-               block_cols: list[tuple[np.ndarray, np.ndarray]], variants: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]],
-               svm_c: float) -> tuple[str, list[np.ndarray], float]:
+               row_group: np.ndarray, col_group: np.ndarray, shape: tuple[int, int],
+               variants: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]], svm_c: float
+               ) -> tuple[str, list[np.ndarray], float]:
     """SVM accuracies of one layer pruned along each variant (order, cumulative sizes, total, levels).
 
     The SVM is fitted once on the un-pruned layer's (standardised) features and tested on the same
-    samples with the layer pruned to every level; masks are nested along an order, so each level only
-    adds the newly pruned blocks.
+    samples with the layer pruned to every level. ``row_group``/``col_group`` give the child group of
+    every weight row and the parent group of every weight column (input channel x kernel position).
     """
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
@@ -135,27 +136,21 @@ def _curve_job(name: str, features_in: np.ndarray, weight: np.ndarray, bias: np.
     results = []
     for order, cum, total, levels in variants:
         accs = np.empty(len(levels))
-        removed = np.zeros_like(weight)
-        done = 0
         for li, level in enumerate(levels):
-            k = _blocks_for_fraction(cum, total, float(level))
-            for b in order[done:k]:
-                rows, cols = block_cols[b]
-                removed[np.ix_(rows, cols)] = weight[np.ix_(rows, cols)]
-            done = max(done, k)
-            accs[li] = svm.score(scaler.transform(base - features_in @ removed.T), y)
+            pruned = np.zeros(shape[0] * shape[1], dtype=bool)
+            pruned[order[:_blocks_for_fraction(cum, total, float(level))]] = True
+            cut = pruned.reshape(shape)[row_group[:, None], col_group[None, :]]  # (out, in * kernel)
+            accs[li] = np.mean(svm.predict(scaler.transform(base - features_in @ (weight * cut).T)) == y)
         results.append(accs)
     return name, results, time.perf_counter() - start
 
 
-def _block_columns(conn: Connectivity, kernel_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """For every block (row-major), the weight rows and flattened (in * kernel) columns it covers."""
-    out = []
-    for c in conn.child_groups:
-        for p in conn.parent_groups:
-            cols = (p[:, None] * kernel_size + np.arange(kernel_size)[None, :]).ravel()
-            out.append((c, cols))
-    return out
+def _group_index(groups: list[np.ndarray], size: int, repeat: int = 1) -> np.ndarray:
+    """Group number of every position 0..size-1 (each repeated ``repeat`` times, for kernel positions)."""
+    index = np.zeros(size, dtype=np.int64)
+    for k, g in enumerate(groups):
+        index[g] = k
+    return np.repeat(index, repeat)
 
 
 def svm_operating_curves(model: nn.Module, conn: Mapping[str, Connectivity], features: Mapping[str, np.ndarray],
@@ -187,8 +182,10 @@ def svm_operating_curves(model: nn.Module, conn: Mapping[str, Connectivity], fea
         variants = [(*prune_order(c, tuple(module.weight.shape), prot), np.asarray(lv, dtype=np.float64))
                     for prot, lv in zip(sets, lvls)]
         bias = module.bias.detach().double().cpu().numpy() if getattr(module, "bias", None) is not None else None
+        rows = _group_index(c.child_groups, weight.shape[0])
+        cols = _group_index(c.parent_groups, weight.shape[1] // kernel, kernel)
         jobs.append(delayed(_curve_job)(name, np.asarray(features[name], dtype=np.float64), weight, bias,
-                                        np.asarray(targets), _block_columns(c, kernel), variants, svm_c))
+                                        np.asarray(targets), rows, cols, c.scores.shape, variants, svm_c))
     if n_jobs != 1 and len(jobs) > 1:
         results = Parallel(n_jobs=n_jobs)(jobs)
     else:
@@ -198,10 +195,14 @@ def svm_operating_curves(model: nn.Module, conn: Mapping[str, Connectivity], fea
 
 def solve_limits(curves: Mapping[str, np.ndarray], betas: Mapping[str, float], tau: float,
                  levels: np.ndarray = LEVELS) -> tuple[dict[str, float], float, float]:
-    """Eq. 4.9: the shared SVM-accuracy threshold t with sum_l beta_l gamma_l(t) >= tau, as high as possible.
+    """Eq. 4.9: the shared SVM-accuracy threshold t with sum_l beta_l gamma_l(t) = tau.
 
-    gamma_l(t) = the highest level whose accuracy is >= t (0 when none). Sweeping t from 1 down to 0,
-    the first t that reaches tau wins. Returns (gammas, t, achieved sum). Raises when tau is out of reach.
+    gamma_l(t) = the highest level whose accuracy is >= t (0 when none): the threshold meets the
+    curve "latest" (Fig. 4.3). Sweeping t from 1 down to 0, the sum grows in steps; at the step that
+    crosses tau, the layers that rose in that step are moved only part of the way (the same fraction
+    of their rise for each) so that the sum equals tau instead of overshooting it -- a flat curve
+    (e.g. a layer whose SVM accuracy barely moves) would otherwise jump from 0 to the top level.
+    Returns (gammas, t, achieved sum). Raises when tau is out of reach.
     """
     if not 0.0 < tau < 1.0:
         raise ValueError(f"tau (the target fraction of parameters pruned) must be in (0, 1), got {tau}")
@@ -212,15 +213,19 @@ def solve_limits(curves: Mapping[str, np.ndarray], betas: Mapping[str, float], t
 
     def gammas_at(t: float) -> np.ndarray:
         ok = acc >= t
-        # highest level still reaching t: the threshold meets the curve "latest" (Fig. 4.3)
         last = np.where(ok.any(1), acc.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1), -1)
         return np.where(last >= 0, levels[np.maximum(last, 0)], 0.0)
 
+    previous = np.zeros(len(names))
     for t in np.unique(acc)[::-1]:
         g = gammas_at(t)
         total = float(beta @ g)
         if total >= tau - 1e-12:
-            return dict(zip(names, g.tolist())), float(t), total
+            below = float(beta @ previous)
+            share = (tau - below) / (total - below) if total > below else 1.0
+            g = previous + share * (g - previous)
+            return dict(zip(names, g.tolist())), float(t), float(beta @ g)
+        previous = g
     best = float(beta @ gammas_at(-np.inf))
     raise ValueError(f"tau = {tau:.3f} cannot be reached: the prunable layers hold {best:.3f} of the parameters "
                      f"at the largest level ({levels[-1]:.2f}); lower tau or prune more layers")

@@ -271,3 +271,117 @@ def collect_pairs(model: nn.Module, data, *, pairing: str = "input", layers: Seq
     if layers is None:
         return input_pairs(model, acts.order[1:]), acts
     return input_pairs(model, [n for n in acts.order if n in set(layers)]), acts
+
+
+# --------------------------------------------------------------------------------------------------
+# Filter granularity: connectivity -> one score per channel of every channel group of the engine
+# --------------------------------------------------------------------------------------------------
+
+REDUCTIONS = ("max", "mean")
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _readers(model: nn.Module, graph) -> dict[str, list[tuple[Any, Any]]]:
+    """Consumer layer -> the (group, slice) pairs it reads: conv (groups=1) and linear weights along dim 1."""
+    modules = dict(model.named_modules())
+    out: dict[str, list[tuple[Any, Any]]] = {}
+    for group in graph.groups:
+        for s in group.consumers:
+            m = modules.get(s.module)
+            if (isinstance(m, _WEIGHTED) and s.param == "weight" and s.dim == 1 and s.index is not None
+                    and int(getattr(m, "groups", 1)) == 1):
+                out.setdefault(s.module, []).append((group, s))
+    return out
+
+
+def channel_scores(model: nn.Module, graph, data, *, estimator: str = "acmi", per_class: int | None = 100,
+                   groups: Any = None, phi: str = "exp_w2", reduce: str = "max", seed: int = 0,
+                   batch_size: int = 128, device: str = "cpu", progress: bool = True,
+                   estimator_options: Mapping[str, Any] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """One score per channel of every prunable group of ``graph`` (an ``edgeslim.trace`` result).
+
+    Parents and children come from the channel graph: for every layer that reads a group's channels
+    (a consumer: conv or linear), the parents are all the channels it reads -- its input, one unit per
+    channel (a channel flattened into several linear inputs is their mean) -- and the children are its
+    output filters. Connectivity eta[child i, parent j | other parents] is estimated per consumer.
+
+    A channel's score is the ``reduce`` ("max", default, or "mean") of eta over every child of every
+    consumer. Why max: a channel may be removed physically exactly when *all* its outgoing connections
+    could be pruned, i.e. when even its strongest connection is weak; at any connection threshold delta,
+    the channels whose max is below delta are precisely those a connection-level pruning would cut off
+    entirely. "mean" reads "total information sent" instead (equal to the sum up to a per-group constant,
+    which the engine's per-group normalisation removes).
+
+    Returns ({group id: scores}, details). Groups that no conv/linear layer reads (e.g. read only by
+    attention) get their producers' L1 norms instead and are listed in ``details["fallback_l1"]``.
+    """
+    import time
+
+    from .activations import collect_activations
+
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"unknown reduce {reduce!r}; use {' or '.join(REDUCTIONS)}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; use acmi or mst")
+    modules = dict(model.named_modules())
+    readers = _readers(model, graph)
+    prunable = graph.prunable_groups
+    wanted_ids = {g.id for g in prunable}
+    consumers = [m for m in readers if any(g.id in wanted_ids for g, _ in readers[m])]
+    acts = collect_activations(model, data, {m: {"input", "output"} for m in consumers}, per_class=per_class,
+                               seed=seed, batch_size=batch_size, device=device, progress=progress)
+    options = dict(estimator_options or {})
+    collected: dict[str, list[np.ndarray]] = {g.id: [] for g in prunable}
+    timings = {}
+    bar = tqdm(consumers, desc=f"{estimator} connectivity", unit="layer", disable=not progress, leave=False)
+    for index, name in enumerate(bar):
+        start = time.perf_counter()
+        inputs, children = acts.input(name), acts.output(name)
+        units: list[tuple[str | None, int, np.ndarray]] = []
+        for group, s in readers[name]:
+            positions = s.positions().cpu().numpy()
+            units += [(group.id, c, positions[c]) for c in range(group.size)]
+        covered = np.zeros(inputs.shape[1], dtype=bool)
+        for _, _, pos in units:
+            covered[pos] = True
+        units += [(None, -1, np.array([i])) for i in np.flatnonzero(~covered)]  # inputs of no group stay in Z
+        parents = np.stack([inputs[:, pos].mean(1) for _, _, pos in units], axis=1)
+        gp, gc = resolve_groups(groups, name, len(units), children.shape[1])
+        cg, pg = split_groups(children.shape[1], gc), split_groups(len(units), gp)
+        kwargs = dict(options)
+        if estimator == "acmi":
+            columns = [np.concatenate([units[u][2] for u in block]) for block in pg]
+            kwargs["phi"] = phi_from_weights(modules[name].weight, cg, columns, phi)
+        eta = ESTIMATORS[estimator](children, parents, cg, pg, seed=seed * 100_003 + index, **kwargs)
+        per_parent = np.nanmax(eta, axis=0) if reduce == "max" else np.nanmean(eta, axis=0)
+        unit_score = np.empty(len(units))
+        for p, block in enumerate(pg):
+            unit_score[block] = per_parent[p]
+        for gid in {u[0] for u in units if u[0] in collected}:
+            vec = np.zeros(graph.group(gid).size)
+            for u, (uid, c, _) in enumerate(units):
+                if uid == gid:
+                    vec[c] = unit_score[u]
+            collected[gid].append(vec)
+        timings[name] = time.perf_counter() - start
+    scores, fallback = {}, []
+    for group in prunable:
+        if collected[group.id]:
+            stack = np.stack(collected[group.id])
+            combined = stack.max(0) if reduce == "max" else stack.mean(0)
+            scores[group.id] = torch.as_tensor(np.nan_to_num(combined, nan=0.0).clip(min=0.0))
+        else:
+            from .magnitude import L1
+
+            scores[group.id] = L1().score(model, _OneGroup(group))[group.id]
+            fallback.append(group.id)
+    return scores, {"consumers": len(consumers), "samples": len(acts), "fallback_l1": fallback,
+                    "seconds_per_layer": timings}
+
+
+class _OneGroup:
+    """A graph view with a single prunable group (to ask another criterion about it)."""
+
+    def __init__(self, group):
+        self.prunable_groups = [group]
+        self.groups = [group]

@@ -81,8 +81,9 @@ def snacs_connection_prune(model: nn.Module, data, *, tau: float = 0.5, pairing:
     ``tau``: the fraction of conv/FC parameters to prune (Eq. 4.9). ``gammas``: per-layer limits given
     by hand instead (skips the SVMs). ``protect``: fraction of each layer's most sensitive filters that
     keep every kernel -- a float, a {layer: fraction} mapping, 0 for none, or "auto": per layer, the
-    candidate fraction (``PROTECT_CANDIDATES``) whose SVM accuracy at the layer's limit beats no
-    protection by the most (none if no candidate beats it). ``delta``: optional absolute eta threshold
+    candidate fraction (``PROTECT_CANDIDATES``, those <= 1 - gamma so that the layer still reaches its
+    limit: the comparison is at the same pruning level) whose SVM accuracy at the layer's limit beats no
+    protection by the most (none if no candidate beats it); the limits are not re-solved afterwards. ``delta``: optional absolute eta threshold
     (kernels scoring above it are kept even under the limit; the thesis's large runs use none).
     The model is not modified. Returns a ``ConnectionResult`` with masks for ``apply_masks``.
     """
@@ -152,11 +153,14 @@ def example_input(data) -> torch.Tensor:
 
 def _auto_protection(model, conn, feats, targets, gammas, lam, n_jobs):
     """Per layer, the protected fraction whose SVM accuracy at the layer's limit beats no protection most."""
-    variants = {}
+    variants, candidates = {}, {}
     for n, g in gammas.items():
-        if n not in lam or g <= 0:
+        # compare at the same pruning level: only fractions that still let the layer reach its limit
+        usable = [f for f in PROTECT_CANDIDATES if f <= 1.0 - g + 1e-9]
+        if n not in lam or g <= 0 or not usable:
             continue
-        variants[n] = [None] + [protected_filters(lam[n], f) for f in PROTECT_CANDIDATES]
+        candidates[n] = usable
+        variants[n] = [None] + [protected_filters(lam[n], f) for f in usable]
     fractions = {n: 0.0 for n in gammas}
     prot: dict[str, np.ndarray | None] = {n: None for n in gammas}
     if not variants:
@@ -170,6 +174,6 @@ def _auto_protection(model, conn, feats, targets, gammas, lam, n_jobs):
         scores = [float(r[0]) for r in results[1:]]
         best = int(np.argmax(scores))
         if scores[best] > base:
-            fractions[n] = PROTECT_CANDIDATES[best]
+            fractions[n] = candidates[n][best]
             prot[n] = variants[n][best + 1]
     return fractions, prot
