@@ -76,3 +76,56 @@ def test_thesis_recipe_smoke_runs_snacs_end_to_end(tmp_path):
     loaded = load_checkpoint(r["checkpoint"])
     assert loaded.masks is not None and check_masks(loaded.model, loaded.masks) == 0
     assert r["best_accuracy"] > 10.0
+
+
+def test_snacs_filter_scores_drive_the_engine(trained_resnet20, digits):
+    import edgeslim
+
+    model = trained_resnet20
+    result = edgeslim.prune(model, torch.randn(1, 3, 32, 32), method="snacs", target={"macs": 0.5},
+                            data=digits.train_plain, criterion_options={"per_class": 10, "progress": False},
+                            progress=False)
+    assert 0.45 < result.achieved["macs"] <= 0.5 + 1e-9 and result.timing["scoring_s"] > 0
+    for group in result.graph.prunable_groups:
+        s = result.scores[group.id]
+        assert s.shape == (group.size,) and bool((s >= 0).all()) and bool(torch.isfinite(s).all())
+    slim = result.model
+    fit(slim, digits.train, None, TrainConfig(epochs=1, lr=0.01, seed=0), progress=False)
+    assert evaluate(slim, digits.test)["accuracy"] > 80.0
+
+
+def test_mint_filter_scores_and_option_checks(trained_resnet20, digits):
+    from edgeslim.compress import get_criterion, trace
+
+    graph = trace(trained_resnet20, torch.randn(1, 3, 32, 32))
+    mint = get_criterion("mint")
+    scores = mint.score(trained_resnet20, graph, digits.train_plain, per_class=4, groups=4, progress=False)
+    assert set(scores) == {g.id for g in graph.prunable_groups}
+    assert mint.details["consumers"] > 0 and not mint.details["fallback_l1"]
+    # one score per group of G = 4 parents: channels of a block share it
+    first = graph.prunable_groups[0]
+    blocks = scores[first.id].reshape(4, -1)
+    assert bool((blocks == blocks[:, :1]).all())
+    snacs = get_criterion("snacs")
+    with pytest.raises(ValueError, match="unknown option"):
+        snacs.score(trained_resnet20, graph, digits.train_plain, per_klass=3)
+    with pytest.raises(ValueError, match="connection granularity"):
+        snacs.score(trained_resnet20, graph, digits.train_plain, granularity="connection")
+    with pytest.raises(ValueError, match="calibration data"):
+        snacs.score(trained_resnet20, graph, None)
+
+
+def test_snacs_scores_any_traced_model(digits):
+    """Parents and children come from the channel graph: depthwise blocks, flatten into linear layers."""
+    import torchvision
+
+    from edgeslim.compress import get_criterion, trace
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    graph = trace(model, torch.randn(1, 3, 32, 32))
+    crit = get_criterion("snacs")
+    scores = crit.score(model, graph, digits.train_plain, per_class=2, progress=False)
+    assert set(scores) == {g.id for g in graph.prunable_groups}
+    assert all(scores[g.id].shape == (g.size,) for g in graph.prunable_groups)
+    assert not crit.details["fallback_l1"]

@@ -27,7 +27,8 @@ from torch import nn
 from .connectivity import Connectivity
 
 __all__ = [
-    "prune_order", "layer_masks", "sensitivity", "protected_filters", "svm_operating_curves", "solve_limits",
+    "connection_prune", "prune_order", "layer_masks", "sensitivity", "protected_filters", "svm_operating_curves",
+    "solve_limits",
     "ConnectionResult", "LEVELS",
 ]
 
@@ -176,7 +177,8 @@ def svm_operating_curves(model: nn.Module, conn: Mapping[str, Connectivity], fea
         weight = _dense_weight(module)
         kernel = int(np.prod(module.weight.shape[2:])) if module.weight.dim() > 2 else 1
         if features[name].shape[1] != weight.shape[1]:
-            raise ValueError(f"features of {name!r} have {features[name].shape[1]} columns, its weight {weight.shape[1]}")
+            raise ValueError(f"features of {name!r} have {features[name].shape[1]} columns, "
+                             f"its weight {weight.shape[1]}")
         sets = list((protected or {}).get(name, [None]))
         lvls = list((variant_levels or {}).get(name, [levels] * len(sets)))
         variants = [(*prune_order(c, tuple(module.weight.shape), prot), np.asarray(lv, dtype=np.float64))
@@ -248,3 +250,16 @@ class ConnectionResult:
         return {"method": self.method, "gammas": self.gammas, "timing": self.timing,
                 **{k: v for k, v in self.report.items() if k != "layers"}, "layers": self.report.get("layers", []),
                 **{k: v for k, v in self.details.items() if isinstance(v, (int, float, str, dict, list))}}
+
+
+def connection_prune(model: nn.Module, data, method: str = "snacs", **options: Any) -> ConnectionResult:
+    """The thesis's granularity: kernel masks by ``method`` "snacs" (``snacs_connection_prune``) or
+    "mint" (``mint_connection_prune``); ``options`` go to that function. The model is not modified:
+    ``edgeslim.compress.masks.apply_masks(model, result.masks)`` applies the result."""
+    if method == "snacs":
+        from .snacs import snacs_connection_prune as fn
+    elif method == "mint":
+        from .mint import mint_connection_prune as fn
+    else:
+        raise ValueError(f"connection granularity exists for snacs and mint, not {method!r}")
+    return fn(model, data, **options)

@@ -1,4 +1,4 @@
-"""Connectivity scores between parent and child filters (MINT / SNACS, specs/seed-ganesh.md §0, §1.2, §2.2, §6.2-6.5).
+"""Connectivity between parent and child filters (MINT / SNACS; specs/seed-ganesh.md §0, §1.2, §2.2, §6.2-6.5).
 
 A *layer pair* names a child layer (a convolution or linear layer whose kernels get pruned) and where
 its parents' activations come from. Two pairings:
@@ -15,7 +15,7 @@ score per (child group, parent group) applies to every kernel between the two gr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -385,3 +385,31 @@ class _OneGroup:
     def __init__(self, group):
         self.prunable_groups = [group]
         self.groups = [group]
+
+
+ESTIMATOR_OPTIONS = {"acmi": ("eps", "z_occupancy", "c_h", "proj_dim", "n_hashes"), "mst": ("memory_mb",)}
+SCORE_OPTIONS = ("per_class", "groups", "phi", "reduce", "seed", "batch_size", "progress")
+
+
+def criterion_scores(model: nn.Module, graph, data, estimator: str, options: Mapping[str, Any]
+                     ) -> tuple[dict[str, torch.Tensor], dict]:
+    """``channel_scores`` behind the engine's criterion interface: flat ``options`` checked and split."""
+    options = dict(options)
+    granularity = options.pop("granularity", "filter")
+    if granularity != "filter":
+        raise ValueError(
+            f"granularity={granularity!r}: the thesis's connection granularity gives kernel masks, not channels "
+            "the engine can remove; use edgeslim.compress.criteria.connection.connection_prune(model, data, "
+            "method=...) "
+            "(or benchmarks/snacs_thesis.py) for it")
+    allowed = set(SCORE_OPTIONS) | set(ESTIMATOR_OPTIONS[estimator]) | ({"phi"} if estimator == "acmi" else set())
+    if estimator == "mst":
+        allowed.discard("phi")
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for this criterion; valid: {', '.join(sorted(allowed))}")
+    est = {k: options.pop(k) for k in ESTIMATOR_OPTIONS[estimator] if k in options}
+    if data is None:
+        raise ValueError("connectivity criteria need calibration data (data=a Dataset or DataLoader; CLI: --data)")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return channel_scores(model, graph, data, estimator=estimator, device=device, estimator_options=est, **options)

@@ -74,7 +74,9 @@ def standardize(a: np.ndarray) -> np.ndarray:
 
 
 def split_groups(n: int, groups: int | None) -> list[np.ndarray]:
-    """``groups`` sequential, (near) equal groups of ``range(n)`` (thesis: consecutive filters); None = one per filter."""
+    """``groups`` sequential, (near) equal groups of ``range(n)`` (thesis: consecutive filters).
+
+    None: one group per filter."""
     groups = n if groups is None else int(groups)
     if not 1 <= groups <= n:
         raise ValueError(f"number of groups must be between 1 and the channel count {n}, got {groups}")

@@ -14,13 +14,31 @@ import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
+from . import Criterion, register_criterion
 from .connection import ConnectionResult, layer_masks
-from .connectivity import collect_pairs, score_pairs
+from .connectivity import collect_pairs, criterion_scores, score_pairs
 from .snacs import example_input
 
-__all__ = ["mint_connection_prune", "global_threshold"]
+__all__ = ["MINT", "mint_connection_prune", "global_threshold"]
+
+
+@register_criterion("mint")
+class MINT(Criterion):
+    """MINT connectivity (MST conditional GMI) turned into one score per channel for physical removal.
+
+    As ``SNACS`` but with the minimal-spanning-tree estimator and no phi; options ``per_class``,
+    ``groups``, ``reduce``, ``seed``, ``batch_size``, ``progress``, ``memory_mb``. Much slower than
+    SNACS (see benchmarks/snacs_speed.py): groups (``groups=16``) keep large models tractable.
+    """
+
+    needs_data = True
+
+    def score(self, model: nn.Module, graph, data=None, **options: Any) -> dict[str, torch.Tensor]:
+        scores, self.details = criterion_scores(model, graph, data, "mst", options)
+        return scores
 
 
 def global_threshold(scores: Sequence[np.ndarray], delta: float | None = None,

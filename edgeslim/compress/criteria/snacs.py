@@ -20,12 +20,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import Criterion, register_criterion
 from .activations import collect_activations
 from .connection import (LEVELS, ConnectionResult, layer_masks, protected_filters, sensitivity, solve_limits,
                          svm_operating_curves)
-from .connectivity import collect_pairs, score_pairs
+from .connectivity import collect_pairs, criterion_scores, score_pairs
 
-__all__ = ["snacs_connection_prune", "conv_fc_parameters", "example_input", "PROTECT_CANDIDATES"]
+__all__ = ["SNACS", "snacs_connection_prune", "conv_fc_parameters", "example_input", "PROTECT_CANDIDATES"]
+
+
+@register_criterion("snacs")
+class SNACS(Criterion):
+    """SNACS connectivity (hash ACMI scaled by phi) turned into one score per channel for physical removal.
+
+    A channel's score is the max of eta[child i, channel j | the consumer's other inputs] over every
+    child filter of every layer that reads it (``channel_scores`` explains why the max). Options:
+    ``per_class`` (calibration samples per class, default 100), ``groups`` (G), ``phi`` ("exp_w2",
+    "one", "w", "w2"), ``reduce`` ("max" or "mean"), ``seed``, ``batch_size``, ``progress`` and the
+    estimator's ``eps``, ``z_occupancy``, ``c_h``, ``proj_dim``, ``n_hashes``. ``details`` keeps what
+    the last call measured. The thesis's connection granularity: ``snacs_connection_prune``.
+    """
+
+    needs_data = True
+
+    def score(self, model: nn.Module, graph, data=None, **options: Any) -> dict[str, torch.Tensor]:
+        scores, self.details = criterion_scores(model, graph, data, "acmi", options)
+        return scores
 
 PROTECT_CANDIDATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
@@ -83,8 +103,9 @@ def snacs_connection_prune(model: nn.Module, data, *, tau: float = 0.5, pairing:
     keep every kernel -- a float, a {layer: fraction} mapping, 0 for none, or "auto": per layer, the
     candidate fraction (``PROTECT_CANDIDATES``, those <= 1 - gamma so that the layer still reaches its
     limit: the comparison is at the same pruning level) whose SVM accuracy at the layer's limit beats no
-    protection by the most (none if no candidate beats it); the limits are not re-solved afterwards. ``delta``: optional absolute eta threshold
-    (kernels scoring above it are kept even under the limit; the thesis's large runs use none).
+    protection by the most (none if no candidate beats it); the limits are not re-solved afterwards.
+    ``delta``: optional absolute eta threshold (kernels scoring above it are kept even under the
+    limit; the thesis's large runs use none).
     The model is not modified. Returns a ``ConnectionResult`` with masks for ``apply_masks``.
     """
     from ..masks import mask_report
