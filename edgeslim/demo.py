@@ -60,7 +60,7 @@ def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20",
         slim, plan = copy.deepcopy(dense), None
         notes.append("channel pruning is not available in this build: the `slim` entry is the dense model")
     else:
-        result = prune(dense, example, method=method, target=target, data=data.train_plain)
+        result = prune(dense, example, method=method, target=target, data=data.train_plain, progress=progress)
         slim, plan = result.model, result.plan
     timings["prune_s"] = time.perf_counter() - t
     slim_acc_before = evaluate(slim, data.test)["accuracy"]

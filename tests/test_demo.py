@@ -13,6 +13,8 @@ def test_demo_end_to_end(tmp_path):
         assert {"accuracy", "macs", "params", "latency_ms"} <= set(r[side])
         assert {"p50", "p90", "p99"} <= set(r[side]["latency_ms"])
     assert r["onnx"]["max_abs_diff"] < 1e-3
+    # the engine really removed channels: the slim model is smaller (target macs=0.5)
+    assert r["slim"]["macs"] <= 0.5 * r["dense"]["macs"] and r["slim"]["params"] < r["dense"]["params"]
     assert (tmp_path / "report.md").read_text().count("|") > 10
     assert (tmp_path / "widths.png").stat().st_size > 1000
     assert r["report"].endswith("report.md")

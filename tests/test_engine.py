@@ -305,3 +305,155 @@ def test_criteria_and_custom_criterion():
 def test_unknown_method_lists_the_available_ones():
     with pytest.raises(ValueError, match="l1"):
         edgeslim.prune(build_model("zoo:resnet20"), torch.randn(1, 3, 32, 32), method="nope")
+
+
+class LeNet(nn.Module):
+    """A classic: the flatten size is a Python constant, so conv2's channels cannot change."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 5), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(x.view(-1, 16 * 5 * 5))))
+
+
+def test_a_cut_that_fails_the_proof_is_found_and_kept_whole():
+    model = randomize_(LeNet())
+    x = torch.randn(1, 3, 32, 32)
+    result = edgeslim.prune(model, x, target={"channels": 0.6})
+    assert result.equivalence_error < 1e-4
+    assert result.graph.group("conv2").prunable is False
+    assert "equivalence check" in result.graph.group("conv2").reason
+    assert result.model.conv2.out_channels == 16 and result.model.fc1.out_features < 120
+    assert any("conv2" in note for note in result.notes)
+    assert result.model(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+
+
+def test_concatenating_a_tensor_with_itself_and_with_another_source():
+    # Torch-Pruning issues #146 (cat([x, x]) got the wrong input channels) and #481 (two sources merged)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1)
+            self.c = nn.Conv2d(16, 8, 3, padding=1)
+
+        def forward(self, x):
+            a = self.a(x)
+            return self.c(torch.cat([a, a, self.b(x)], 1))
+
+    model = randomize_(Net())
+    graph, plan, slim = assert_slim_equals_masked(model, torch.randn(1, 3, 8, 8))
+    a, b = graph.group("a"), graph.group("b")
+    assert (a.size, b.size) == (6, 4)
+    reads_a = next(s for s in a.consumers if s.module == "c")
+    assert torch.equal(reads_a.index, torch.stack([torch.arange(6), torch.arange(6, 12)], 1))
+    assert torch.equal(next(s for s in b.consumers if s.module == "c").index, torch.arange(12, 16))
+    assert slim.c.in_channels == 2 * slim.a.out_channels + slim.b.out_channels
+
+
+def test_ignore_accepts_paths_instances_and_types():
+    model = build_model("zoo:resnet20")
+    x = torch.randn(1, 3, 32, 32)
+    for ignore in (["layer3.2.conv1"], [model.layer3[2].conv1], [nn.Linear]):
+        graph = trace(model, x, ignore=ignore)
+        assert not all(g.prunable for g in graph.groups if g.id != "fc")
+    with pytest.raises(ValueError, match="no module"):
+        trace(model, x, ignore=["layer9"])
+
+
+def test_a_registered_cost_model_drives_the_solver():
+    from edgeslim.compress.targets import COST_MODELS
+
+    @edgeslim.compress.register_cost_model("conv_weights")
+    def conv_weights(graph, cost_model, context):
+        dense = sum(s[0] * s[1] for n, s in graph.param_shapes.items() if n.endswith("conv1.weight"))
+
+        def cost(kept, counts):
+            shapes = {**graph.param_shapes, **cost_model.kept_shapes(kept)}
+            return sum(s[0] * s[1] for n, s in shapes.items() if n.endswith("conv1.weight")) / dense
+        return cost
+
+    try:
+        result = edgeslim.prune(build_model("zoo:resnet20"), torch.randn(1, 3, 32, 32), target={"conv_weights": 0.5})
+    finally:
+        del COST_MODELS["conv_weights"]
+    slim = result.model
+    kept = sum(m.weight.shape[0] * m.weight.shape[1] for n, m in slim.named_modules() if n.endswith("conv1"))
+    dense = sum(m.weight.shape[0] * m.weight.shape[1] for n, m in build_model("zoo:resnet20").named_modules()
+                if n.endswith("conv1"))
+    assert 0.49 <= kept / dense <= 0.5
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_slim_attention_matches_torch_attention(batch_first):
+    from edgeslim.compress import SlimMultiheadAttention
+
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    slim = SlimMultiheadAttention(16, 4, 4, batch_first=batch_first).eval()
+    slim.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+    mask = torch.rand(5, 5) > 0.7
+    mask.fill_diagonal_(False)
+    padding = torch.zeros(2, 5, dtype=torch.bool)
+    padding[1, -1] = True
+    with torch.no_grad():
+        for kwargs in ({"need_weights": False}, {"need_weights": True}, {"attn_mask": mask},
+                       {"key_padding_mask": padding, "need_weights": False}):
+            a, wa = ref(x, x, x, **kwargs)
+            b, wb = slim(x, x, x, **kwargs)
+            assert torch.allclose(a, b, atol=1e-5)
+            assert (wa is None) == (wb is None) and (wa is None or torch.allclose(wa, wb, atol=1e-5))
+
+
+def test_activation_sites_point_at_the_group_channels():
+    from edgeslim.compress import activation_sites
+
+    model = randomize_(build_model("zoo:resnet20")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = trace(model, x)
+    group = graph.group("layer2.0.conv2")  # the zero channels PadShortcut adds, plus conv2's matching filters
+    sites = dict(activation_sites(model, group))
+    assert {"layer2.0.conv2", "layer2.0.bn2", "layer2.1.conv2"} <= set(sites)
+    outputs = {}
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, i, o, p=p: outputs.__setitem__(p, o)) for p in sites]
+    model(x)
+    for h in hooks:
+        h.remove()
+    bn2 = outputs["layer2.0.bn2"][:, sites["layer2.0.bn2"]]
+    assert bn2.shape == (2, group.size, 16, 16)
+    assert torch.equal(sites["layer2.0.bn2"], torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 24, 25, 26, 27, 28, 29, 30, 31]))
+
+
+class C2fLike(nn.Module):
+    """YOLOv8-style block: chunk the output of a conv in two, grow a list, concatenate, plus a decoder
+    path with upsampling, transposed and 1-D convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.cv1 = nn.Conv2d(3, 16, 1)
+        self.m = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.cv2 = nn.Conv2d(24, 12, 1)
+        self.up = nn.ConvTranspose2d(12, 6, 2, stride=2)
+        self.up_grouped = nn.ConvTranspose2d(6, 6, 2, stride=2, groups=3)
+        self.line = nn.Conv1d(6, 4, 3)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        y.append(self.m(y[-1]))
+        z = self.cv2(torch.cat(y, 1))
+        z = F.interpolate(z, scale_factor=2.0) + torch.zeros_like(F.interpolate(z, scale_factor=2.0))
+        z = self.up_grouped(F.silu(self.up(z[:, :, ::2, ::2])))
+        return self.line(z.flatten(2)).mean(-1)
+
+
+def test_chunked_block_and_decoder_layers():
+    model = randomize_(C2fLike())
+    graph, plan, slim = assert_slim_equals_masked(model, torch.randn(1, 3, 8, 8), seed=2)
+    assert graph.group("cv1").size == 8          # chunk(2): channel i and 8 + i go together
+    assert graph.group("up").size == 3           # grouped transposed conv: pruned by whole groups of 2
+    assert slim.up_grouped.groups < 3 and slim.line.in_channels == slim.up_grouped.out_channels

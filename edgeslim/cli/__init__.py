@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 # Adding a command = adding a module with add_parser(subparsers) and listing it here.
-COMMANDS = ["demo", "train", "inspect"]
+COMMANDS = ["demo", "train", "inspect", "prune"]
 
 
 def to_jsonable(obj: Any) -> Any:

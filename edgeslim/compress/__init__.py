@@ -13,16 +13,16 @@ from .trace import trace
 from .rules import ModuleRule, register_module_rule, register_op_rule
 from . import modules as _modules  # noqa: F401  (registers the built-in module rules)
 from .modules import SlimMultiheadAttention
-from .plan import PruningPlan, make_plan
+from .plan import PruningPlan, compose, make_plan
 from .surgery import apply_plan, equivalence_error, masked_equivalent
-from .criteria import Criterion, available_criteria, get_criterion, register_criterion
+from .criteria import Criterion, activation_sites, available_criteria, get_criterion, register_criterion
 from .targets import parse_target, register_cost_model
 from .prune import PruneResult, prune
 
 __all__ = [
     "trace", "prune", "PruneResult", "ChannelGraph", "ChannelGroup", "ParamSlice", "UnsupportedOpError",
-    "PruningPlan", "make_plan", "apply_plan", "masked_equivalent", "equivalence_error",
-    "Criterion", "register_criterion", "get_criterion", "available_criteria",
+    "PruningPlan", "make_plan", "compose", "apply_plan", "masked_equivalent", "equivalence_error",
+    "Criterion", "register_criterion", "get_criterion", "available_criteria", "activation_sites",
     "register_op_rule", "register_module_rule", "ModuleRule", "register_cost_model", "parse_target",
     "SlimMultiheadAttention",
 ]

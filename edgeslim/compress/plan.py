@@ -18,7 +18,7 @@ import torch
 
 from .graph import ChannelGraph
 
-__all__ = ["PruningPlan", "make_plan"]
+__all__ = ["PruningPlan", "make_plan", "compose"]
 
 PLAN_FORMAT = "edgeslim-plan/1"
 
@@ -36,9 +36,12 @@ class PruningPlan:
                 "groups": self.groups, "params": self.params, "ops": self.ops}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PruningPlan":
+    def from_dict(cls, d: "Mapping[str, Any] | PruningPlan | str | os.PathLike") -> "PruningPlan":
+        """A plan from its dict (or a plan, or the path of a saved plan)."""
         if isinstance(d, PruningPlan):
             return d
+        if isinstance(d, (str, os.PathLike)):
+            return cls.load(d)
         if not isinstance(d, Mapping) or d.get("format") != PLAN_FORMAT:
             found = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise ValueError(f"not an edgeslim pruning plan (format {found!r}, expected {PLAN_FORMAT!r})")
@@ -114,3 +117,31 @@ def make_plan(graph: ChannelGraph, keep: Mapping[str, Any]) -> PruningPlan:
             ops.append({"module": rec.module, "op": rec.op, "dim": rec.dim, "size": len(rec.classes),
                         "keep": np.nonzero(~gone)[0].tolist(), **rec.info})
     return PruningPlan(groups, params, ops, model=graph.model_type, edgeslim=__version__)
+
+
+def compose(first: PruningPlan | Mapping[str, Any] | None, second: PruningPlan | Mapping[str, Any]) -> PruningPlan:
+    """The single plan that does ``first`` and then ``second`` (a plan made on the slim model of
+    ``first``), expressed in the positions of the original model: pruning a pruned checkpoint again
+    still gives a checkpoint that rebuilds from the original architecture."""
+    second = PruningPlan.from_dict(second)
+    if first is None:
+        return second
+    first = PruningPlan.from_dict(first)
+    params = {(c["param"], c["dim"]): dict(c) for c in first.params}
+    for c in second.params:
+        key = (c["param"], c["dim"])
+        if key in params:
+            outer = params[key]
+            params[key] = {**outer, "keep": [outer["keep"][i] for i in c["keep"]]}
+        else:
+            params[key] = dict(c)
+    ops = {(o["module"], o["op"], o["dim"]): dict(o) for o in first.ops}
+    for o in second.ops:
+        key = (o["module"], o["op"], o["dim"])
+        if key in ops:
+            outer = ops[key]
+            ops[key] = {**outer, "keep": [outer["keep"][i] for i in o["keep"]]}
+        else:
+            ops[key] = dict(o)
+    return PruningPlan(groups=second.groups, params=list(params.values()), ops=list(ops.values()),
+                       model=second.model or first.model, edgeslim=second.edgeslim)

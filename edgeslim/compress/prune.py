@@ -1,14 +1,15 @@
 """``edgeslim.prune``: trace, score, plan, cut, prove."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .criteria import get_criterion
 from .graph import ChannelGraph
@@ -30,7 +31,7 @@ class PruneResult:
     scores: dict[str, torch.Tensor]
     achieved: dict[str, float]           # slim / dense: channels, macs, params (macs, params from edgeslim.count)
     timing: dict[str, float]             # scoring_s (trace + criterion), surgery_s (plan + surgery + proof)
-    dense: dict[str, int] = field(default_factory=dict)   # macs, params of the input model
+    dense: dict[str, int] = field(default_factory=dict)   # macs, flops, params, param_bytes of the input model
     slim: dict[str, int] = field(default_factory=dict)
     equivalence_error: float | None = None   # relative error of slim vs masked model (None: not checked)
     notes: list[str] = field(default_factory=list)
@@ -50,6 +51,40 @@ def as_loader(data: Dataset | DataLoader | None, batch_size: int = 64) -> DataLo
 
         return make_loader(data, batch_size)
     raise ValueError(f"data must be a torch Dataset or DataLoader, not {type(data).__name__}")
+
+
+def _cost_entry(cost) -> dict[str, int]:
+    return {"macs": cost.macs, "flops": cost.flops, "params": cost.params, "param_bytes": cost.param_bytes}
+
+
+def _cut(model: nn.Module, graph: ChannelGraph, keep: Mapping[str, Any], inputs: tuple, verify: bool):
+    """Plan, surgery and (if ``verify``) the equivalence error; a cut that crashes has error inf."""
+    plan = make_plan(graph, keep)
+    try:
+        slim = apply_plan(model, plan)
+        error = equivalence_error(model, slim, plan, inputs) if verify else None
+    except Exception:
+        if not verify:
+            raise
+        slim, error = None, float("inf")
+    return plan, slim, error
+
+
+def _broken_groups(model: nn.Module, graph: ChannelGraph, keep: Mapping[str, Any], inputs: tuple) -> list[str]:
+    """The pruned groups whose cut fails the equivalence check, found by bisection."""
+
+    def fails(ids: list[str]) -> bool:
+        _, _, error = _cut(model, graph, {g: keep[g] for g in ids}, inputs, True)
+        return not error < EQUIVALENCE_TOLERANCE
+
+    def search(ids: list[str]) -> list[str]:
+        if len(ids) == 1:
+            return ids
+        first, second = ids[: len(ids) // 2], ids[len(ids) // 2:]
+        found = (search(first) if fails(first) else []) + (search(second) if fails(second) else [])
+        return found or ids  # only the combination fails: blame all of it
+
+    return search(list(keep))
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], method: str = "l1",
@@ -77,35 +112,57 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     if criterion.needs_data and loader is None:
         raise ValueError(f"method {criterion.name!r} needs calibration data (data=a Dataset or DataLoader; CLI: --data)")
 
+    bar = tqdm(total=4, desc="prune", disable=not progress, file=sys.stderr, leave=False)
     t0 = time.perf_counter()
+    bar.set_postfix_str("tracing")
     graph = trace(model, inputs, ignore=ignore)
+    bar.update()
+    bar.set_postfix_str(f"scoring ({criterion.name})")
     was_training = model.training
     try:
         scores = criterion.score(model, graph, loader, **dict(criterion_options or {}))
     finally:
         model.train(was_training)
     scoring_s = time.perf_counter() - t0
+    bar.update()
 
     t0 = time.perf_counter()
-    solution = solve(graph, scores, target, rounding, min_keep,
-                     context={"model": model, "example_inputs": inputs, "device": device})
-    plan = make_plan(graph, solution.keep)
-    slim = apply_plan(model, plan)
-    error = None
+    bar.set_postfix_str("planning and cutting")
+    context = {"model": model, "example_inputs": inputs, "device": device}
+    solution = solve(graph, scores, target, rounding, min_keep, context=context)
+    plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
+    bar.update()
+    notes: list[str] = []
     if verify:
-        error = equivalence_error(model, slim, plan, inputs)
+        bar.set_postfix_str("proving")
+        for _ in range(3):
+            if error < EQUIVALENCE_TOLERANCE:
+                break
+            # Some cut is wrong, usually because a Python constant in forward() pins a channel count
+            # (e.g. x.view(-1, 16 * 5 * 5)). Find the groups to blame, keep them whole, plan again.
+            broken = _broken_groups(model, graph, solution.keep, inputs)
+            for gid in broken:
+                g = graph.group(gid)
+                g.prunable = False
+                g.reason = ("cutting it breaks the model (failed the equivalence check; a Python constant in "
+                            "forward() probably pins its channel count)")
+            notes.append(f"kept whole because cutting them failed the equivalence check: {', '.join(broken)}")
+            solution = solve(graph, scores, target, rounding, min_keep, context=context)
+            plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
         if not error < EQUIVALENCE_TOLERANCE:
             raise RuntimeError(
                 f"surgery check failed: the slim model differs from the masked original by {error:.2e} (relative). "
                 "A Python constant in forward() probably pins a channel count that edgeslim cut; keep that part "
                 "with ignore=[module path] or register a module rule that rewrites it.")
     surgery_s = time.perf_counter() - t0
+    bar.update()
+    bar.close()
 
     dense_cost, slim_cost = count(model, inputs), count(slim, inputs)
     achieved = {"channels": solution.achieved["channels"],
                 "macs": slim_cost.macs / dense_cost.macs if dense_cost.macs else 1.0,
                 "params": slim_cost.params / dense_cost.params if dense_cost.params else 1.0}
-    notes = list(solution.notes)
+    notes += solution.notes
     for key in ("macs", "params"):
         if abs(achieved[key] - solution.achieved[key]) > 1e-3:
             notes.append(f"{key}: counted {achieved[key]:.4f} on the slim model, the graph predicted "
@@ -113,7 +170,6 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     return PruneResult(
         model=slim, plan=plan, graph=graph, scores=scores, achieved=achieved,
         timing={"scoring_s": scoring_s, "surgery_s": surgery_s},
-        dense={"macs": dense_cost.macs, "params": dense_cost.params},
-        slim={"macs": slim_cost.macs, "params": slim_cost.params},
+        dense=_cost_entry(dense_cost), slim=_cost_entry(slim_cost),
         equivalence_error=error, notes=notes,
     )

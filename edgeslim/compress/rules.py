@@ -145,7 +145,7 @@ OP_RULES.update({f"aten.{op}": ("elementwise", same_as_input) for op in (
     "dropout", "dropout_", "native_dropout", "feature_dropout", "feature_dropout_", "alpha_dropout",
     "alpha_dropout_", "feature_alpha_dropout", "contiguous", "alias", "detach", "detach_", "_to_copy", "to",
     "type_as", "clone", "lift_fresh", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
-    "randn_like", "fill_", "zero_", "hardswish", "hardswish_", "_assert_tensor_metadata", "clamp_", "copy",
+    "randn_like", "fill_", "zero_", "hardswish", "hardswish_", "_assert_tensor_metadata", "clamp_",
     "bernoulli", "bernoulli_", "requires_grad_", "resolve_conj", "resolve_neg", "positive", "view_as_real",
 )})
 OP_RULES.update({f"aten.{op}": ("no channels", no_channels) for op in (
@@ -157,7 +157,7 @@ OP_RULES.update({f"aten.{op}": ("no channels", no_channels) for op in (
 )})
 
 
-@_rule("elementwise", "copy_")
+@_rule("elementwise", "copy_", "copy")
 def _copy_(b: Builder, node) -> Any:
     dst, src = mapped(b, node.args[0]), mapped(b, node.args[1])
     return merge_maps(b, [(dst, shape_of(node.args[0])), (src, shape_of(node.args[1]))], shape_of(node))
@@ -204,7 +204,9 @@ def conv(b: Builder, node) -> Any:
         # A grouped (or depthwise) convolution is pruned by whole groups: group k's input channels and
         # output channels go together, so every group keeps its width and `groups` shrinks.
         if transposed:
-            rows = b.param_atoms(wref, 0, "inout")       # input channels
+            rows = b.param_atoms(wref, 0, "inout")       # the weight's rows are the input channels
+            if m is not None:
+                b.unify(m.atoms, rows)
             out_atoms = b.new(c_out)
             block_in, block_out = rows.reshape(groups, -1), out_atoms.reshape(groups, -1)
         else:
@@ -355,43 +357,47 @@ def einsum(b: Builder, node) -> Any:
 @_rule("attention", "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
        "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention")
 def attention(b: Builder, node) -> Any:
+    """softmax(q k^T * scale + mask) v over (..., L, E) queries, (..., S, E) keys, (..., S, Ev) values.
+
+    Channels survive on the batch dimensions (attention heads, coupled across q, k and v) and on the
+    values' last dimension; q/k's E is summed over (and sets the scale) and S is softmaxed: fixed.
+    """
     q, k, v = node.args[:3]
-    mask = arg(node, 3, "attn_mask")
-    qs, ks, vs = shape_of(q), shape_of(k), shape_of(v)
+    shapes = [shape_of(t) for t in (q, k, v)]
+    qs, ks, vs = shapes
     nb = len(qs) - 2
-    L, S, E, Ev = qs[-2], ks[-2], qs[-1], vs[-1]
-    batch = math.prod(qs[:-2])
-    heads = None
-    for x, shape, role in ((q, qs, "q"), (k, ks, "k"), (v, vs, "v")):
+    out_dim, out_atoms = None, None
+
+    def offer(dim: int, atoms: np.ndarray) -> None:
+        nonlocal out_dim, out_atoms
+        if out_dim is None:
+            out_dim, out_atoms = dim, atoms
+        elif dim == out_dim and len(atoms) == len(out_atoms):
+            b.unify(out_atoms, atoms)
+        else:
+            b.fix(atoms, "attention with channels on two dimensions")
+
+    for role, x, shape in zip("qkv", (q, k, v), shapes):
         m = mapped(b, x)
         if m is None:
             continue
         if m.dim < nb and shape[m.dim] == qs[m.dim]:
-            if heads is None:
-                heads = m
-            elif len(heads.atoms) == len(m.atoms) and heads.dim == m.dim:
-                b.unify(heads.atoms, m.atoms)
-            else:
-                b.fix(m.atoms, "attention heads laid out differently in q, k and v")
-        elif role == "v" and m.dim == len(shape) - 1:
-            if heads is not None:
-                b.fix(m.atoms, "attention with channels in heads and in the value dimension")
-                continue
-            heads = CMap(len(shape) - 1, m.atoms)
+            offer(m.dim, m.atoms)                        # heads (or another batch dimension)
+        elif role == "v" and m.dim == nb + 1:
+            offer(nb + 1, m.atoms)                       # value channels pass through
         elif role == "q" and m.dim == nb:
-            heads = heads or CMap(nb, m.atoms)
+            offer(nb, m.atoms)                           # query positions pass through
         else:
             b.fix(m.atoms, "summed over in attention (query-key product or softmax)")
+    mask = arg(node, 3, "attn_mask")
     if isinstance(mask, torch.fx.Node):
         mm = mapped(b, mask)
         b.fix(mm.atoms if mm else None, "used as an attention mask")
-    b.mac(batch * L * S * (E + Ev), heads.atoms if heads is not None and heads.dim < nb else None)
-    out = shape_of(node) if shape_of(node) is not None else None
-    result = heads
+    macs = math.prod(qs[:-2]) * qs[-2] * ks[-2] * (qs[-1] + vs[-1])
+    b.mac(macs, out_atoms if out_dim is not None and out_dim < nb else None)
+    result = CMap(out_dim, out_atoms) if out_dim is not None else None
     val = node.meta.get("val")
-    if isinstance(val, (list, tuple)):
-        return [result] + [None] * (len(val) - 1)
-    return result if out is not None else None
+    return [result] + [None] * (len(val) - 1) if isinstance(val, (list, tuple)) else result
 
 
 # normalisation ----------------------------------------------------------------------------------------
@@ -563,30 +569,23 @@ OP_RULES["operator.getitem"] = ("split", lambda b, node: (
 # reshaping -------------------------------------------------------------------------------------------------
 
 def _align(a: tuple[int, ...], c: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
-    """Pair up consecutive dimensions of two shapes with equal element counts."""
+    """Pair up runs of consecutive dimensions of two shapes that hold the same number of elements."""
     groups, i, j = [], 0, 0
     while i < len(a) or j < len(c):
         ins, outs, pa, pc = [], [], 1, 1
         if i < len(a):
-            ins.append(i), None
-            pa *= a[i]
-            i += 1
+            ins, pa, i = [i], a[i], i + 1
         if j < len(c):
-            outs.append(j)
-            pc *= c[j]
-            j += 1
+            outs, pc, j = [j], c[j], j + 1
         while pa != pc:
-            if (pa < pc and i < len(a)) or j >= len(c):
-                if i >= len(a):
-                    return []
+            if pa < pc and i < len(a):
                 ins.append(i)
-                pa *= a[i]
-                i += 1
-            else:
+                pa, i = pa * a[i], i + 1
+            elif pc < pa and j < len(c):
                 outs.append(j)
-                pc *= c[j]
-                j += 1
-        # trailing size-1 dimensions join the current group
+                pc, j = pc * c[j], j + 1
+            else:
+                return []
         groups.append((ins, outs))
     return groups
 
@@ -617,16 +616,14 @@ def reshape_map(b: Builder, m: CMap | None, in_shape: tuple[int, ...], out_shape
     grid = np.broadcast_to(m.atoms.reshape(bshape), sizes_in).reshape(sizes_out)
     varying = [ax for ax in range(grid.ndim) if grid.shape[ax] > 1 and
                not (grid == np.take(grid, [0], axis=ax)).all()]
-    if not varying:
-        candidates = [ax for ax in range(grid.ndim) if grid.shape[ax] > 1] or [grid.ndim - 1]
-        ax = candidates[-1]
-        return CMap(outs[ax], np.take(grid, range(grid.shape[ax]), axis=ax).reshape(grid.shape[ax], -1)[:, 0].copy()
-                    if grid.ndim > 1 else grid.copy())
-    last = varying[-1]
-    moved = np.moveaxis(grid, last, -1).reshape(-1, grid.shape[last])
+    if varying:
+        axis = varying[-1]
+    else:  # a single channel spread over several dimensions
+        axis = max((ax for ax in range(grid.ndim) if grid.shape[ax] > 1), default=grid.ndim - 1)
+    rows = np.moveaxis(grid, axis, -1).reshape(-1, grid.shape[axis])
     if len(varying) > 1:
-        b.unify(moved, moved[:1])
-    return CMap(outs[last], moved[0].copy())
+        b.unify(rows, rows[:1])  # leading factors keep all their positions, the last one loses channels
+    return CMap(outs[axis], rows[0].copy())
 
 
 @_rule("reshape", "view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
@@ -877,8 +874,10 @@ def flip(b: Builder, node) -> Any:
 
 # reductions ---------------------------------------------------------------------------------------------------
 
-def _reduce(dim_index: int | None, keepdim_index: int | None, multi_out: bool = False) -> Rule:
+def _reduce(dim_index: int | None, keepdim_index: int | None) -> Rule:
     def rule(b: Builder, node) -> Any:
+        if len(node.args) > 1 and isinstance(node.args[1], torch.fx.Node):
+            return elementwise(b, node)  # max.other / min.other: elementwise maximum of two tensors
         x = node.args[0]
         m = mapped(b, x)
         val = node.meta.get("val")
@@ -910,32 +909,22 @@ for _op in ("var", "std", "var_mean", "std_mean"):
     OP_RULES[f"aten.{_op}"] = ("reduction", _reduce(1, 3))
 OP_RULES["aten.linalg_vector_norm"] = ("reduction", _reduce(2, 3))
 OP_RULES["aten.norm"] = ("reduction", _reduce(2, 3))
-for _op in ("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "softmax", "log_softmax", "_softmax",
-            "_log_softmax", "sort", "argsort", "topk", "_safe_softmax"):
-    # along one dimension, keeping the shape: fine unless that dimension holds the channels
-    OP_RULES[f"aten.{_op}"] = ("reduction", None)
-
-
-def _along_dim(b: Builder, node) -> Any:
+@_rule("reduction", "cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "softmax", "log_softmax", "_softmax",
+       "_log_softmax", "_safe_softmax", "sort", "argsort", "topk")
+def along_dim(b: Builder, node) -> Any:
+    """Operators along one dimension that keep the shape: fine unless that dimension holds the channels."""
     x = node.args[0]
     m = mapped(b, x)
     val = node.meta.get("val")
     n_out = len(val) if isinstance(val, (list, tuple)) else 1
+    name = op_name(node.target)
     if m is not None:
-        nd = len(shape_of(x))
-        name = op_name(node.target)
-        d = arg(node, 1, "dim", -1)
-        if name in ("aten.topk",):
-            d = arg(node, 2, "dim", -1)
-        if d is None or norm_dim(int(d), nd) == m.dim:
+        d = arg(node, 2, "dim", -1) if name == "aten.topk" else arg(node, 1, "dim", -1)
+        if d is None or norm_dim(int(d), len(shape_of(x))) == m.dim:
             b.fix(m.atoms, f"{name} across channels")
-            m = None if name in ("aten.sort", "aten.topk", "aten.argsort") else m
+            if name in ("aten.sort", "aten.topk", "aten.argsort"):
+                m = None  # the output positions are ranks, not channels
     return [m] * n_out if isinstance(val, (list, tuple)) else m
-
-
-for _op, (_cat, _fn) in list(OP_RULES.items()):
-    if _fn is None:
-        OP_RULES[_op] = (_cat, _along_dim)
 
 
 # padding ---------------------------------------------------------------------------------------------------

@@ -67,6 +67,15 @@ class CostModel:
             total += slim - dense
         return total
 
+    def kept_shapes(self, kept: np.ndarray) -> dict[str, tuple[int, ...]]:
+        """The slim shape of every parameter and buffer that loses positions (for layer-wise cost models,
+        e.g. a latency table per convolution shape)."""
+        shapes: dict[str, list[int]] = {}
+        for pd in self.graph.param_dims:
+            shape = shapes.setdefault(pd.name, list(self.graph.param_shapes[pd.name]))
+            shape[pd.dim] = int(kept[pd.classes].sum())
+        return {name: tuple(shape) for name, shape in shapes.items()}
+
     def ratios(self, kept: np.ndarray, counts: Mapping[str, int] | None = None) -> dict[str, float]:
         if counts is None:
             channels = sum(int(kept[g.classes].sum()) for g in self.prunable)
@@ -89,8 +98,12 @@ COST_MODELS: dict[str, Callable[..., Callable[[np.ndarray, Mapping[str, int]], f
 
 def register_cost_model(name: str):
     """Register a target kind: ``factory(graph, cost_model, context) -> cost(kept, counts) -> value``.
-    ``context`` holds ``model``, ``example_inputs`` and ``device``; the solver removes channels
-    until ``cost <= target``, so the cost must not increase as channels are removed."""
+
+    ``context`` holds ``model``, ``example_inputs`` and ``device``. ``kept`` is a boolean array over
+    the graph's channel classes, ``counts`` the kept channel count of every prunable group;
+    ``cost_model.kept_shapes(kept)`` gives the slim shape of every parameter. The solver removes
+    channels until ``cost <= target``, so the cost must not increase as channels are removed.
+    The issue-8 latency model registers ``"latency"`` this way."""
 
     def deco(factory):
         COST_MODELS[name] = factory

@@ -244,9 +244,18 @@ def trace(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 
     exported = _export_in_mode(model, inputs, training=False)
     _walk(b, exported, ignored)
-    if _unused_parameters(exported):
+    unused = _unused_parameters(exported)
+    if unused:
         b.phase = "train"
-        _walk(b, _export_in_mode(model, _batch_of_two(inputs), training=True), ignored)
+        try:
+            trained = _export_in_mode(model, _batch_of_two(inputs), training=True)
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(
+                f"{type(model).__name__} uses some parameters only in training mode ({', '.join(unused[:3])}"
+                f"{' ...' if len(unused) > 3 else ''}), so edgeslim traces it in training mode too, and that failed "
+                f"with these example inputs ({exc}). Pass example inputs of the size the model trains at "
+                "(e.g. 299x299 for Inception v3).") from exc
+        _walk(b, trained, ignored)
 
     result = _finish(b, model, inputs, time.perf_counter() - start)
     if strict and result.unsupported_ops:
@@ -427,56 +436,72 @@ def _groups(param_dims: list[ParamDim], computing: np.ndarray, reason: np.ndarra
     """Classes with the same footprint (parameter dimensions and multiplicities) form one group."""
     if not param_dims:
         return []
+    n_pd = len(param_dims)
     cls_all = np.concatenate([pd.classes for pd in param_dims])
     pd_all = np.concatenate([np.full(len(pd.classes), i) for i, pd in enumerate(param_dims)])
     mask = computing[cls_all]
-    cls_all, pd_all = cls_all[mask], pd_all[mask]
-    pairs, counts = np.unique(np.stack([cls_all, pd_all], 1), axis=0, return_counts=True)
-    footprint: dict[int, list[tuple[int, int]]] = {}
-    for (c, pd), k in zip(pairs.tolist(), counts.tolist()):
-        footprint.setdefault(c, []).append((pd, k))
-
+    keys, counts = np.unique(cls_all[mask] * n_pd + pd_all[mask], return_counts=True)  # sorted by class, then pd
+    key_cls, key_pd = keys // n_pd, keys % n_pd
+    bounds = np.nonzero(np.diff(key_cls))[0] + 1
     by_signature: dict[tuple, list[int]] = {}
-    for c, fp in footprint.items():
-        signature = (tuple(fp), bool(reason[c] >= 0))
+    for pds, ks, cls in zip(np.split(key_pd, bounds), np.split(counts, bounds), np.split(key_cls, bounds)):
+        c = int(cls[0])
+        signature = (tuple(zip(pds.tolist(), ks.tolist())), bool(reason[c] >= 0))
         by_signature.setdefault(signature, []).append(c)
 
-    groups = []
-    used_ids: dict[str, int] = {}
+    # order the channels of a group by their first position along the group's anchor dimension
+    first_pos_cache: dict[int, np.ndarray] = {}
+
+    def first_positions(pd_index: int) -> np.ndarray:
+        if pd_index not in first_pos_cache:
+            uniq, idx = np.unique(param_dims[pd_index].classes, return_index=True)
+            table = np.zeros(n_classes, dtype=np.int64)
+            table[uniq] = idx
+            first_pos_cache[pd_index] = table
+        return first_pos_cache[pd_index]
+
+    members, anchors, fixed_text = [], [], []
     for (fp, _fixed), classes in by_signature.items():
-        classes_arr = np.asarray(classes)
-        first_pd = min(pd for pd, _ in fp if param_dims[pd].role in COMPUTING)
-        anchor = param_dims[first_pd]
-        # channel order: first position of each class along the anchor dimension
-        first_pos = {}
-        for pos, c in enumerate(anchor.classes.tolist()):
-            first_pos.setdefault(c, pos)
-        classes_arr = classes_arr[np.argsort([first_pos[c] for c in classes_arr])]
-        order = {c: i for i, c in enumerate(classes_arr.tolist())}
-        producers, consumers = [], []
-        for pd_index, k in fp:
-            pd = param_dims[pd_index]
-            member = np.isin(pd.classes, classes_arr)
-            positions = np.nonzero(member)[0]
-            rank = np.array([order[c] for c in pd.classes[positions].tolist()])
-            positions = positions[np.argsort(rank, kind="stable")]
-            index = torch.as_tensor(positions.reshape(len(classes_arr), k) if k > 1 else positions)
-            module, _, attr = pd.name.rpartition(".")
-            s = ParamSlice(module, attr, pd.dim, index, pd.role)
-            (consumers if pd.role == "in" else producers).append(s)
+        anchor = min(pd for pd, _ in fp if param_dims[pd].role in COMPUTING)
+        cls = np.asarray(classes)
+        cls = cls[np.argsort(first_positions(anchor)[cls], kind="stable")]
+        members.append(cls)
+        anchors.append(anchor)
+        r = int(reason[cls[0]])
+        fixed_text.append(reasons[r] if r >= 0 else None)
+
+    group_of = np.full(n_classes, -1, dtype=np.int64)
+    rank_of = np.zeros(n_classes, dtype=np.int64)
+    for gi, cls in enumerate(members):
+        group_of[cls] = gi
+        rank_of[cls] = np.arange(len(cls))
+    slices: list[list[ParamSlice]] = [[] for _ in members]
+    for pd in param_dims:
+        gids = group_of[pd.classes]
+        pos = np.nonzero(gids >= 0)[0]
+        if not pos.size:
+            continue
+        pos = pos[np.lexsort((pos, rank_of[pd.classes[pos]], gids[pos]))]
+        cuts = np.nonzero(np.diff(gids[pos]))[0] + 1
+        module, _, attr = pd.name.rpartition(".")
+        for chunk in np.split(pos, cuts):
+            gi = int(gids[chunk[0]])
+            size = len(members[gi])
+            index = torch.as_tensor(chunk.reshape(size, -1) if len(chunk) > size else chunk)
+            slices[gi].append(ParamSlice(module, attr, pd.dim, index, pd.role))
+
+    order = sorted(range(len(members)), key=lambda gi: (anchors[gi], int(first_positions(anchors[gi])[members[gi][0]])))
+    groups, used_ids = [], {}
+    for gi in order:
+        anchor = param_dims[anchors[gi]]
         module_id = anchor.name.rpartition(".")[0] or anchor.name
         count = used_ids.get(module_id, 0)
         used_ids[module_id] = count + 1
         gid = module_id if count == 0 else f"{module_id}#{count}"
-        r = int(reason[classes_arr[0]])
-        text = reasons[r] if r >= 0 else None
-        if text is None and len(classes_arr) == 1:
+        text = fixed_text[gi]
+        if text is None and len(members[gi]) == 1:
             text = "a single channel (a layer keeps at least one)"
-        groups.append(ChannelGroup(gid, len(classes_arr), text is None, text, producers, consumers, classes_arr))
-    # stable, readable order: by the anchor parameter's position in the trace
-    anchor_rank = {}
-    for g in groups:
-        first = next(s for s in g.producers if s.role in COMPUTING)
-        anchor_rank[g.id] = next(i for i, pd in enumerate(param_dims) if pd.name == first.name and pd.dim == first.dim)
-    groups.sort(key=lambda g: (anchor_rank[g.id], g.id))
+        producers = [s for s in slices[gi] if s.role != "in"]
+        consumers = [s for s in slices[gi] if s.role == "in"]
+        groups.append(ChannelGroup(gid, len(members[gi]), text is None, text, producers, consumers, members[gi]))
     return groups

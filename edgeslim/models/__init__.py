@@ -28,6 +28,14 @@ __all__ = [
 CHECKPOINT_FORMAT = "edgeslim-checkpoint/1"
 
 ZOO: dict[str, Callable[..., nn.Module]] = {}
+# Modules that register zoo models next to the method they belong to; imported when the zoo is first used.
+ZOO_MODULES = ["edgeslim.compress.fbs_condconv"]
+
+
+def _zoo() -> dict[str, Callable[..., nn.Module]]:
+    for module in ZOO_MODULES:
+        importlib.import_module(module)
+    return ZOO
 
 
 def register_zoo(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -56,7 +64,7 @@ def _split_spec(spec: str) -> tuple[str, str]:
     if ".py:" in spec:
         return "file", spec
     raise ValueError(
-        f"cannot understand model {spec!r}: use zoo:NAME ({', '.join(sorted(ZOO))}), torchvision:NAME, "
+        f"cannot understand model {spec!r}: use zoo:NAME ({', '.join(sorted(_zoo()))}), torchvision:NAME, "
         "path/to/file.py:function, or an edgeslim checkpoint (.pt)"
     )
 
@@ -67,7 +75,7 @@ def build_model(spec: str, num_classes: int | None = None, **kwargs: Any) -> nn.
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if kind == "zoo":
-        if name not in ZOO:
+        if name not in _zoo():
             raise ValueError(f"unknown zoo model {name!r}; the zoo has: {', '.join(sorted(ZOO))}")
         return ZOO[name](**kwargs)
     if kind == "torchvision":

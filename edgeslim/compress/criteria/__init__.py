@@ -3,6 +3,12 @@ prunable group; higher means more important (kept first).
 
 Register a new one with ``@register_criterion("name")`` on a :class:`Criterion` subclass; it then
 works as ``edgeslim.prune(..., method="name")`` and ``edgeslim prune --method name``.
+
+Data-driven criteria need the activations of a group's channels: :func:`activation_sites` lists
+the modules whose output carries them (the producing convolutions / linear layers and their
+norms) with the positions of each channel along the output's channel dimension, so a forward
+hook on any of them reads channel ``c`` at ``output[:, index[c]]`` (``output[..., index[c]]`` for
+a linear layer).
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["Criterion", "register_criterion", "get_criterion", "CRITERIA", "available_criteria"]
+__all__ = ["Criterion", "register_criterion", "get_criterion", "CRITERIA", "available_criteria", "activation_sites"]
 
 
 class Criterion:
@@ -54,3 +60,18 @@ def get_criterion(name: str | Criterion) -> Criterion:
 def _load_builtin() -> None:
     from . import magnitude  # noqa: F401  (registers l1, l2, random, bn_scale)
     from . import mint, snacs  # noqa: F401  (registers mint, snacs)
+
+
+def activation_sites(model: nn.Module, group) -> list[tuple[str, torch.Tensor]]:
+    """``[(module path, index)]``: modules whose output holds the group's channels, in execution order;
+    channel ``c`` sits at ``index[c]`` (a row of positions when a channel spans several) of the output's
+    channel dimension (dim 1 for convolutions and norms, the last dim for linear layers)."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+    sites = []
+    for s in group.producers:
+        module = model.get_submodule(s.module) if s.module else model
+        direct = (isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and s.param == "weight" and s.dim == 0
+                  and not getattr(module, "transposed", False))
+        if direct or (isinstance(module, norms) and s.param == "weight"):
+            sites.append((s.module, s.index))
+    return sites
