@@ -30,8 +30,8 @@ Choices the thesis leaves open (spec §2.4, §6.14), all parameters:
   reference estimator the thesis builds on). Without it a 63-dimensional Z puts every sample in its
   own cell and every score collapses to 0.
 * ``eps``: bin width in standard deviations for X and Y (default 0.5); the bin width of Z is chosen
-  per layer pair so that a Z cell holds ``z_occupancy`` samples on average (default N^(1/3), at
-  least 4): the estimate is conditional on Z only if Z cells hold several samples.
+  per layer pair so that a Z cell holds ``z_occupancy`` samples on average (default 10): the
+  estimate is conditional on Z only if Z cells hold several samples.
 * ``c_h`` = 16 (F = 16 N buckets: spurious H2 collisions are negligible), offsets b ~ U[0, eps) per
   coordinate, drawn from ``seed``.
 * The sum runs over occupied cells only ("edges with non-zero ratios", Eq. 4.7), which keeps the
