@@ -117,6 +117,7 @@ def test_mint_filter_scores_and_option_checks(trained_resnet20, digits):
         snacs.score(trained_resnet20, graph, None)
 
 
+@pytest.mark.slow
 def test_snacs_scores_any_traced_model(digits):
     """Parents and children come from the channel graph: depthwise blocks, flatten into linear layers."""
     import torchvision
@@ -133,6 +134,7 @@ def test_snacs_scores_any_traced_model(digits):
     assert not crit.details["fallback_l1"]
 
 
+@pytest.mark.slow
 def test_prune_cli_with_snacs(tmp_path):
     """`edgeslim prune MODEL --method snacs` as INTERFACE.md says: calibration data required, timing.scoring_s."""
     def cli(*args):
