@@ -28,11 +28,10 @@ import torch
 
 from edgeslim.compress import prune
 from edgeslim.data import load_data, make_loader
-from edgeslim.demo import _ort_callable
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import build_model, load_checkpoint, save_checkpoint
-from edgeslim.runtime import interleaved_latency
+from edgeslim.runtime import OrtRunner, benchmark
 from edgeslim.training import TrainConfig, evaluate, fit
 
 DENSE_RECIPES = {  # epochs, lr (warm-up 1 epoch, cosine): reach ~99 % on digits
@@ -82,10 +81,10 @@ def run_one(dense, name: str, method: str, target: float, data, args, example, d
     cost = count(tuned, example)
     row.update(macs=cost.macs, params=cost.params)
     slim_onnx = export_onnx(tuned, example, tmp / f"{name}_{method}_{target}.onnx").path
-    lat = interleaved_latency({"dense": _ort_callable(dense_onnx, example), "slim": _ort_callable(slim_onnx, example)},
-                              runs=args.runs, warmup=20)
-    row.update(latency_ms=lat["slim"].p50, dense_latency_ms=lat["dense"].p50,
-               speedup=lat["dense"].p50 / lat["slim"].p50)
+    lat = benchmark({"dense": OrtRunner(dense_onnx, inputs=[example]), "slim": OrtRunner(slim_onnx, inputs=[example])},
+                    runs=args.runs, warmup=20, memory=False)
+    dense_ms, slim_ms = lat["dense"].latency_ms.p50, lat["slim"].latency_ms.p50
+    row.update(latency_ms=slim_ms, dense_latency_ms=dense_ms, speedup=dense_ms / slim_ms)
     return row
 
 

@@ -29,10 +29,10 @@ import torch
 
 from edgeslim.compress.criteria.mint import mint_connection_prune
 from edgeslim.compress.criteria.snacs import snacs_connection_prune
-from edgeslim.compress.masks import MaskCallback, apply_masks, mask_report
+from edgeslim.compress.masks import apply_masks, mask_report
 from edgeslim.data import load_data
 from edgeslim.models import build_model, load_checkpoint, save_checkpoint
-from edgeslim.training import TrainConfig, evaluate, fit
+from edgeslim.training import KeepMasks, TrainConfig, evaluate, fit
 
 # Training the baselines: Table 3.1 (MINT) and Table 4.1 (SNACS) agree for VGG16 and ResNet56.
 TRAIN = {
@@ -131,9 +131,9 @@ def run(args) -> dict:
     timing["prune_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    apply_masks(model, pruned.masks, freeze=False)
+    apply_masks(model, pruned.masks)
     accuracy_pruned = evaluate(model, data.test)["accuracy"]
-    history = fit(model, data.train, data.test, retrain_cfg, callbacks=[MaskCallback(pruned.masks)],
+    history = fit(model, data.train, data.test, retrain_cfg, callbacks=[KeepMasks(pruned.masks)],
                   progress=not args.json, device=device)
     model = model.cpu().eval()
     timing["retrain_s"] = time.perf_counter() - t0

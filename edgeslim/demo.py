@@ -1,7 +1,7 @@
 """The whole pipeline on the embedded default: digits + a CIFAR-style ResNet-20.
 
 train -> prune (physically) -> fine-tune -> export ONNX (parity-checked) -> benchmark dense and slim
-interleaved in ONNX Runtime -> report.json + report.md with a plot.
+interleaved in ONNX Runtime -> report.json + report.md + a self-contained report.html with plots.
 """
 from __future__ import annotations
 
@@ -16,21 +16,10 @@ from .data import load_data
 from .export import export_onnx
 from .metrics import count
 from .models import build_model, save_checkpoint
-from .runtime import interleaved_latency
+from .runtime import OrtRunner, benchmark
 from .training import TrainConfig, evaluate, fit
 
 __all__ = ["run_demo"]
-
-
-def _ort_callable(path: str, example: torch.Tensor):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    # Idle sessions must not spin their threads: on a small CPU they would steal time from the other model.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    name, x = sess.get_inputs()[0].name, example.numpy()
-    return lambda: sess.run(None, {name: x})
 
 
 def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20", epochs: int = 8,
@@ -81,8 +70,10 @@ def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20",
     timings["export_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    lat = interleaved_latency({"dense": _ort_callable(dense_onnx.path, example),
-                               "slim": _ort_callable(slim_onnx.path, example)}, runs=runs, warmup=20)
+    # Same input for both; idle sessions do not spin (they would steal the CPU from the running one).
+    bench = benchmark({"dense": OrtRunner(dense_onnx.path, inputs=[example]),
+                       "slim": OrtRunner(slim_onnx.path, inputs=[example])}, runs=runs, warmup=20)
+    lat = {k: b.latency_ms for k, b in bench.items()}
     timings["bench_s"] = time.perf_counter() - t
 
     dense_cost, slim_cost = count(dense, example), count(slim, example)
@@ -90,12 +81,13 @@ def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20",
     def entry(acc, cost, stats):
         return {"accuracy": acc, "macs": cost.macs, "flops": cost.flops, "params": cost.params,
                 "param_bytes": cost.param_bytes, "peak_activation_bytes": cost.peak_activation_bytes,
-                "latency_ms": {k: getattr(stats, k) for k in ("p50", "p90", "p99", "mean")}}
+                "latency_ms": {k: getattr(stats.latency_ms, k) for k in ("p50", "p90", "p99", "mean")},
+                "peak_memory_bytes": stats.peak_memory_bytes}
 
     result_dict: dict[str, Any] = {
         "model": model, "data": "digits", "method": method if plan is not None else None, "target": target,
-        "dense": entry(dense_acc, dense_cost, lat["dense"]),
-        "slim": entry(slim_acc, slim_cost, lat["slim"]),
+        "dense": entry(dense_acc, dense_cost, bench["dense"]),
+        "slim": entry(slim_acc, slim_cost, bench["slim"]),
         "accuracy_before_finetune": slim_acc_before,
         "onnx": {"path": slim_onnx.path, "max_abs_diff": slim_onnx.max_abs_diff, "opset": slim_onnx.opset,
                  "dense_path": dense_onnx.path},
@@ -103,11 +95,11 @@ def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20",
         "speedup": lat["dense"].p50 / lat["slim"].p50,
         "checkpoint": str(ckpt), "timing": timings, "notes": notes,
     }
-    for key, stats in lat.items():
-        if stats.spread > 0.2:
-            notes.append(f"{key} latency spread (p90-p50)/p50 = {stats.spread:.2f}: the machine was noisy")
+    for key, b in bench.items():
+        notes += [f"{key}: {w}" for w in b.warnings]
     paths = write_report_for(out, result_dict, dense_cost, slim_cost)
     result_dict["report"] = paths["markdown"]
+    result_dict["report_html"] = paths["html"]
     return result_dict
 
 

@@ -18,3 +18,5 @@ def test_demo_end_to_end(tmp_path):
     assert (tmp_path / "report.md").read_text().count("|") > 10
     assert (tmp_path / "widths.png").stat().st_size > 1000
     assert r["report"].endswith("report.md")
+    html = (tmp_path / "report.html").read_text()  # self-contained: the widths plot is embedded
+    assert r["report_html"].endswith("report.html") and 'id="plot-widths"' in html and "data:image/png;base64," in html

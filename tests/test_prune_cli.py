@@ -5,6 +5,7 @@ import sys
 
 import torch
 
+from edgeslim.cli import main
 from edgeslim.models import load_model
 
 
@@ -32,19 +33,20 @@ def test_prune_with_data_finetunes_and_writes_a_loadable_checkpoint(tmp_path):
     assert loaded.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_prune_errors_are_one_clear_line(tmp_path):
-    proc = run_cli("prune", "zoo:resnet20", "--target", "latency=3.5ms", "-o", str(tmp_path))
-    assert proc.returncode == 2 and "latency" in proc.stderr and "Traceback" not in proc.stderr
-    proc = run_cli("prune", "zoo:resnet20", "--target", "macs=0.001", "-o", str(tmp_path), "--json")
-    assert proc.returncode == 2 and "closest reachable" in json.loads(proc.stdout)["error"]
-    proc = run_cli("prune", "zoo:resnet20", "--finetune-epochs", "2", "-o", str(tmp_path))
-    assert proc.returncode == 2 and "--data" in proc.stderr
+def test_prune_errors_are_one_clear_line(tmp_path, capsys):
+    # in-process through the same entry point as `python -m edgeslim` (saves a torch import per call)
+    assert main(["prune", "zoo:resnet20", "--target", "latency=3.5ms", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "latency" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["prune", "zoo:resnet20", "--target", "macs=0.001", "-o", str(tmp_path), "--json"]) == 2
+    assert "closest reachable" in json.loads(capsys.readouterr().out)["error"]
+    assert main(["prune", "zoo:resnet20", "--finetune-epochs", "2", "-o", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
 
 
-def test_inspect_reports_engine_coverage():
-    proc = run_cli("inspect", "torchvision:shufflenet_v2_x0_5", "--input", "1x3x64x64", "--json")
-    assert proc.returncode == 0, proc.stderr
-    r = json.loads(proc.stdout)
+def test_inspect_reports_engine_coverage(capsys):
+    assert main(["inspect", "torchvision:shufflenet_v2_x0_5", "--input", "1x3x64x64", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
     assert r["unsupported_ops"] == []
     assert r["coverage"]["aten.chunk"]["category"] == "split"
     assert r["coverage"]["aten.conv2d"]["count"] == 56

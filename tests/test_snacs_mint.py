@@ -67,7 +67,7 @@ def test_thesis_recipe_smoke_runs_snacs_end_to_end(tmp_path):
     r = json.loads(proc.stdout)
     assert r["method"] == "snacs" and r["smoke"] is True
     # sum of beta * gamma reaches tau = 0.3; kernels pruned come close (sensitivity may keep a few)
-    assert r["details"]["limits_sum"] >= 0.3
+    assert r["details"]["limits_sum"] >= 0.3 - 1e-9  # solved to the float
     assert 20.0 <= r["params_pruned_pct"] <= 35.0
     assert 0 < r["flops_reduced_pct"] < r["params_pruned_pct"] + 20
     assert r["masked_nonzero_after_retraining"] == 0

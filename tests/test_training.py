@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.utils.data import Subset
 
@@ -5,18 +6,34 @@ from edgeslim.models import build_model
 from edgeslim.training import Callback, TrainConfig, evaluate, fit
 
 
-def test_fit_learns_digits_and_is_seeded(digits):
-    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05)
-    small = Subset(digits.train, range(512))
-    a = build_model("zoo:resnet20")
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The machine is small and shared: one intra-op thread is much faster than two fighting for cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_fit_learns_digits(digits):
+    model = build_model("zoo:resnet20")
+    r = fit(model, Subset(digits.train, range(512)), None, TrainConfig(epochs=3, batch_size=32, lr=0.05),
+            progress=False)
+    assert r["history"][-1]["loss"] < r["history"][0]["loss"]
+    assert evaluate(model, digits.test)["accuracy"] > 30.0  # well above the 10 % of guessing (seeds give 45-75)
+
+
+def test_fit_is_seeded(digits):
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.05)
+    small = Subset(digits.train, range(96))
+    a = build_model("zoo:resnet20", width=4)
     torch.manual_seed(1)
-    b = build_model("zoo:resnet20")
+    b = build_model("zoo:resnet20", width=4)
     b.load_state_dict(a.state_dict())
-    ra = fit(a, small, digits.test, cfg, progress=False)
-    rb = fit(b, small, digits.test, cfg, progress=False)
+    ra = fit(a, small, None, cfg, progress=False)
+    rb = fit(b, small, None, cfg, progress=False)
     assert ra["history"][-1]["loss"] == rb["history"][-1]["loss"]  # same seed -> same run
-    assert ra["history"][-1]["loss"] < ra["history"][0]["loss"]
-    assert evaluate(a, digits.test)["accuracy"] > 20.0  # well above the 10 % of guessing
+    assert torch.equal(a.fc.weight, b.fc.weight)
 
 
 def test_callback_adds_loss_and_sees_epochs(digits):

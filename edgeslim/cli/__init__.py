@@ -11,12 +11,13 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 # Adding a command = adding a module with add_parser(subparsers) and listing it here.
-COMMANDS = ["demo", "train", "inspect", "prune"]
+COMMANDS = ["demo", "train", "inspect", "prune", "finetune", "export", "devices", "bench", "report", "lda_family"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -50,15 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, rank 0 alone prints results on stdout
     try:
         result = args.run(args)
     except (ValueError, FileNotFoundError, NotImplementedError, RuntimeError) as exc:
         message = str(exc).strip() or type(exc).__name__
-        if getattr(args, "json", False):
+        if getattr(args, "json", False) and rank == 0:
             print(json.dumps({"error": message, "type": type(exc).__name__}))
         else:
-            print(f"edgeslim {args.command}: error: {message}", file=sys.stderr)
+            where = f" (rank {rank})" if rank else ""
+            print(f"edgeslim {args.command}{where}: error: {message}", file=sys.stderr)
         return 2
+    if rank != 0:
+        return 0
     if args.json:
         print(json.dumps(to_jsonable(result), indent=None))
     else:

@@ -32,4 +32,4 @@ def render(r: dict) -> None:
           f"ONNX parity max |diff| {r['onnx']['max_abs_diff']:.1e}")
     for note in r["notes"]:
         print(f"note: {note}")
-    print(f"report: {r['report']}")
+    print(f"report: {r['report']} (self-contained: {r['report_html']})")

@@ -11,6 +11,8 @@ from .common import add_command, add_model_args, human, resolve_model
 def add_parser(sub) -> None:
     p = add_command(sub, "inspect", "MACs, FLOPs, params, memory, per-layer table, tracer coverage", run, render)
     add_model_args(p)
+    p.add_argument("--device", metavar="P", help="add a roofline latency and memory estimate on this device profile")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], help="precision of the estimate (device default)")
     p.add_argument("--fbs-condconv", type=float, metavar="D", dest="fbs_density",
                    help="inspect MODEL with its convolutions turned into FBS-pruned CondConv at gate density D "
                         "(adds macs_thesis; macs becomes the exact per-example cost of the skip inference path)")
@@ -24,8 +26,14 @@ def run(args) -> dict:
     model = loaded.model
     if args.fbs_density is not None:
         model = to_fbs_condconv(model, density=args.fbs_density, experts=args.experts)
-    result = count(model, example).to_dict()
+    cost = count(model, example)
+    result = cost.to_dict()
     result["model"] = args.model
+    if args.device:
+        from ..devices import estimate_model
+
+        result["estimate"] = estimate_model(model, example, args.device, precision=args.precision,
+                                            cost=cost).to_dict()
     if fbs_layers(model):
         # Dynamic models: macs = what the gathering inference computes per example, beside the thesis convention.
         cost = fbs_cost(model, example).to_dict()
@@ -65,6 +73,15 @@ def render(r: dict) -> None:
               f"{human(r['macs_thesis'])}, batched mask path {human(r['macs_dense_path'])}")
     print(f"\nMACs {human(r['macs'])}  FLOPs {human(r['flops'])}  params {human(r['params'])} "
           f"({human(r['param_bytes'], 'B')})  peak activations {human(r['peak_activation_bytes'], 'B')}")
+    if "estimate" in r:
+        e, m = r["estimate"], r["estimate"]["memory"]
+        print(f"on {e['device']} at {e['precision']}: {e['latency_ms']:.3f} ms roofline lower bound "
+              f"({sum(l['bound'] == 'memory' for l in e['layers'])} of {len(e['layers'])} layers memory-bound); "
+              f"memory {human(m['total_bytes'], 'B')} of {human(m['device_bytes'], 'B')} "
+              f"(weights {human(m['weights_bytes'], 'B')}, activations {human(m['activations_bytes'], 'B')}, "
+              f"workspace {human(m['workspace_bytes'], 'B')})")
+        for warning in e["warnings"]:
+            print(f"warning: {warning}")
     groups = r.get("channel_groups")
     if groups:
         print(f"channel groups: {groups['prunable']} of {groups['total']} prunable ({groups['prunable_channels']} "

@@ -1,12 +1,17 @@
-"""``edgeslim prune MODEL --method M --target T [--data D] [--finetune-epochs N] -o DIR``."""
+"""``edgeslim prune MODEL --method M --target T [--data D] [--finetune-epochs N] -o DIR``.
+
+With ``--finetune-epochs`` the slim model is recovery-trained right away, with the same options as
+``edgeslim finetune`` (recipes, distillation from the dense model in memory, ``--resume``), and
+the command runs unchanged under ``torchrun``: every rank prunes, rank 0's plan is the one used.
+"""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 
 from .common import add_command, add_model_args, human, resolve_model
+from .finetune import add_recovery_args, add_training_args, recover, subsample, training_config
 
 
 def add_parser(sub) -> None:
@@ -18,67 +23,122 @@ def add_parser(sub) -> None:
                    help="slim/dense ratio to reach: channels=R, macs=R, params=R (comma-separated; default macs=0.5)")
     p.add_argument("--data", help="digits | cifar10:ROOT | cifar100:ROOT | imagefolder:ROOT (calibration, accuracy, "
                                   "fine-tuning)")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="recovery training epochs (needs --data)")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--round-to", help="keep channel counts multiples of N, or 'device' (the --device profile's)")
-    p.add_argument("--device", help="device profile (for --round-to device)")
+    p.add_argument("--device", help="device profile (for --round-to device; 'cpu' measures this host's CPU, also for "
+                                    "--target latency=Xms)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="MODULE",
                    help="module paths whose channels are kept as they are")
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True, help="run folder: DIR/model.pt and DIR/plan.json")
+    p.add_argument("-o", "--output", required=True,
+                   help="run folder: DIR/model.pt and DIR/plan.json (+ last.pt, run.json when fine-tuning)")
+    # fine-tuning: the options of `edgeslim finetune` (--recipe, --lr, --batch-size, --seed, ...)
+    add_training_args(p, epochs_flag="--finetune-epochs")
+    add_recovery_args(p, teacher_flag=False)
 
 
 def run(args) -> dict:
-    from ..compress import compose, prune
+    from ..compress import apply_plan, compose, prune
+    from ..compress.masks import masks_after_plan
     from ..data import load_data
-    from ..models import save_checkpoint
-    from ..training import TrainConfig, evaluate, fit
+    from ..models import LoadedModel, save_checkpoint
+    from ..training import distributed_session, evaluate
 
-    if args.finetune_epochs and not args.data:
+    if args.epochs and not args.data:
         raise ValueError("--finetune-epochs needs --data (the data to fine-tune on)")
-    data = load_data(args.data, image_size=args.input[-1] if args.input else None) if args.data else None
+    if "latency" in args.target and not args.device:  # fail before tracing, not after a progress bar
+        raise ValueError("a latency target needs the device it is measured on: --device cpu times ONNX Runtime "
+                         "on this host's CPU")
+    config, augment = training_config(args, args.data, lr=0.01, batch_size=64) if args.epochs else (None, "standard")
+    seed = args.seed if args.seed is not None else 0
+    data = load_data(args.data, image_size=args.input[-1] if args.input else None, augment=augment) \
+        if args.data else None
+    if data is not None:
+        data = subsample(data, args.train_samples, args.test_samples, seed=seed)
     loaded = resolve_model(args, num_classes=data.num_classes if data else None)
     if data is not None and args.input is None:
         loaded.input_shape = (1, *data.input_shape)
     example = loaded.example_input()
     model = loaded.model.eval()
     round_to = int(args.round_to) if args.round_to and args.round_to.isdigit() else args.round_to
-
-    torch.manual_seed(args.seed)
-    result = prune(model, example, method=args.method, target=args.target,
-                   data=data.train_plain if data else None, round_to=round_to, device=args.device,
-                   ignore=args.ignore, min_keep=args.min_keep, progress=not args.json)
-    slim = result.model
-    out = {"model": args.model, "method": args.method, "target": args.target, "dense": dict(result.dense),
-           "slim": dict(result.slim),
-           "achieved": result.achieved, "equivalence_error": result.equivalence_error,
-           "channel_groups": {"total": len(result.graph.groups), "prunable": len(result.graph.prunable_groups),
-                              "pruned": len(result.plan.groups)},
-           "accuracy_before_finetune": None, "notes": result.notes}
-    finetune_s = 0.0
-    if data is not None:
-        out["dense"]["accuracy"] = evaluate(model, data.test)["accuracy"]
-        out["accuracy_before_finetune"] = evaluate(slim, data.test)["accuracy"]
-        if args.finetune_epochs:
-            t0 = time.perf_counter()
-            cfg = TrainConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-            fit(slim, data.train, data.test, cfg, progress=not args.json)
-            finetune_s = time.perf_counter() - t0
-        slim.eval()
-        out["slim"]["accuracy"] = evaluate(slim, data.test)["accuracy"]
-    out["timing"] = {**result.timing, "finetune_s": finetune_s}
-
     run_dir = Path(args.output)
-    plan = compose(loaded.plan, result.plan)  # a pruned checkpoint pruned again still rebuilds from the original
-    plan_path = plan.save(run_dir / "plan.json")
-    kwargs = loaded.kwargs or ({"num_classes": data.num_classes} if data else {})
-    ckpt = save_checkpoint(run_dir / "model.pt", slim, loaded.spec, kwargs, tuple(example.shape), plan=plan.to_dict(),
-                           meta={**loaded.meta, "method": args.method, "target": args.target, "data": args.data,
-                                 "accuracy": out["slim"].get("accuracy")})
-    out["checkpoint"], out["plan"] = str(ckpt), str(plan_path)
+
+    with distributed_session(args.train_device if args.epochs else "cpu") as dist:
+        torch.manual_seed(seed)
+        result = prune(model, example, method=args.method, target=args.target,
+                       data=data.train_plain if data else None, round_to=round_to, device=args.device,
+                       ignore=args.ignore, min_keep=args.min_keep, progress=not args.json and dist.is_main)
+        slim, rank0_plan = result.model, dist.broadcast_object(result.plan.to_dict())
+        if rank0_plan != result.plan.to_dict():  # a data-driven criterion scored differently on this rank
+            slim = apply_plan(model, rank0_plan)
+        out = {"model": args.model, "method": args.method, "target": args.target, "dense": dict(result.dense),
+               "slim": dict(result.slim),
+               "achieved": result.achieved, "equivalence_error": result.equivalence_error,
+               "channel_groups": {"total": len(result.graph.groups), "prunable": len(result.graph.prunable_groups),
+                                  "pruned": len(result.plan.groups)},
+               "accuracy_before_finetune": None, "notes": result.notes}
+        finetune_s = 0.0
+        if data is not None:
+            out["dense"]["accuracy"] = evaluate(model, data.test, dist=dist)["accuracy"]
+            out["accuracy_before_finetune"] = out["slim"]["accuracy"] = evaluate(slim, data.test, dist=dist)["accuracy"]
+        out["timing"] = {**result.timing, "finetune_s": finetune_s}
+
+        plan = compose(loaded.plan, rank0_plan)  # a pruned checkpoint pruned again still rebuilds from the original
+        kwargs = loaded.kwargs or ({"num_classes": data.num_classes} if data else {})
+        teacher_ref, no_teacher = _dense_reference(args, loaded, run_dir, dist)
+        meta = {**loaded.meta, "method": args.method, "target": args.target, "data": args.data}
+        if teacher_ref:
+            meta["teacher"] = teacher_ref  # `edgeslim finetune` distils from it by default
+        # connection masks (SNACS/MINT) of a masked checkpoint follow the surgery and stay fixed
+        masks = masks_after_plan(model, rank0_plan, loaded.masks) if loaded.masks else None
+        if dist.is_main:
+            plan.save(run_dir / "plan.json")
+        if args.epochs:
+            pruned = LoadedModel(slim, loaded.spec, kwargs, tuple(example.shape), plan.to_dict(), meta, masks)
+            teacher = model if teacher_ref else None
+            record = recover(args, pruned, data, config, teacher, teacher_ref, no_teacher,
+                             meta={"recipe": args.recipe, "augment": augment})
+            out["slim"]["accuracy"] = record["accuracy"]
+            out["timing"]["finetune_s"] = record["training"]["wall_s"]
+            out["finetune"] = {k: record[k] for k in (
+                "epochs", "world_size", "best_accuracy", "best_epoch", "last_epoch", "top5", "per_class_accuracy",
+                "training", "distillation", "precision", "config", "resumed_from", "last_checkpoint", "run_json",
+                "rank_weight_sha256", "notes") if k in record}
+            ckpt = Path(record["checkpoint"])
+        else:
+            ckpt = run_dir / "model.pt"
+            if dist.is_main:
+                save_checkpoint(ckpt, slim, loaded.spec, kwargs, tuple(example.shape), plan=plan.to_dict(),
+                                meta={**meta, "accuracy": out["slim"].get("accuracy")}, masks=masks)
+        dist.barrier()
+    out["checkpoint"], out["plan"] = str(ckpt), str(run_dir / "plan.json")
+    if dist.is_main:  # report.json / report.md / report.html with the per-layer widths before and after
+        from ..metrics import count
+        from ..report import write_report
+
+        paths = write_report(run_dir, out, count(model, example).layers, count(slim.eval(), example).layers,
+                             title=f"edgeslim prune: {args.model}, {args.method} to {args.target}")
+        out["report"], out["report_html"] = paths["markdown"], paths["html"]
     return out
+
+
+def _dense_reference(args, loaded, run_dir: Path, dist) -> tuple[str | None, str | None]:
+    """The dense model as a checkpoint the slim one can name as its distillation teacher.
+
+    (reference or None, why there is none). A dense checkpoint file is named as it is; a model
+    built from a spelling plus ``--weights`` is saved once as ``DIR/dense.pt``; a bare spelling has
+    untrained weights, which are nothing to distil from.
+    """
+    from ..models import save_checkpoint
+
+    if Path(args.model).is_file() and not args.weights:
+        return str(Path(args.model).resolve()), None
+    if not args.weights:
+        return None, (f"{args.model} was built with untrained weights (no --weights): the dense model is no "
+                      "teacher")
+    if dist.is_main:
+        save_checkpoint(run_dir / "dense.pt", loaded.model, loaded.spec, loaded.kwargs, loaded.input_shape,
+                        plan=loaded.plan, meta=loaded.meta, masks=loaded.masks)
+    return "dense.pt", None  # relative to the slim checkpoint's folder
 
 
 def render(r: dict) -> None:
@@ -89,6 +149,12 @@ def render(r: dict) -> None:
     if "accuracy" in s:
         print(f"{'accuracy %':<14}{d['accuracy']:>14.2f}{s['accuracy']:>14.2f}"
               f"   (before fine-tuning {r['accuracy_before_finetune']:.2f})")
+    if "finetune" in r:
+        ft, kd = r["finetune"], r["finetune"]["distillation"]
+        kd_text = f"distilled from the dense model (T={kd['temperature']}, alpha={kd['alpha']})" if kd["enabled"] \
+            else f"no distillation ({kd.get('reason', 'off')})"
+        print(f"fine-tuned {ft['epochs']} epochs on {ft['world_size']} process(es), {kd_text}; best "
+              f"{ft['best_accuracy']:.2f} % at epoch {ft['best_epoch']}")
     g = r["channel_groups"]
     print(f"\n{r['method']} to {r['target']}: {g['pruned']} of {g['prunable']} prunable channel groups cut "
           f"({g['total']} groups); channels kept {r['achieved']['channels']:.3f}")
@@ -97,4 +163,4 @@ def render(r: dict) -> None:
     print(f"time: scoring {t['scoring_s']:.1f} s, surgery {t['surgery_s']:.1f} s, fine-tuning {t['finetune_s']:.1f} s")
     for note in r["notes"]:
         print(f"note: {note}")
-    print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}")
+    print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}\nreport: {r['report_html']}")

@@ -1,19 +1,20 @@
-"""Connection (kernel) masks: apply them, keep them fixed while fine-tuning, and measure them.
+"""Connection-level masks (the SNACS/MINT thesis mode): ``{param_name: 0/1 tensor}``.
 
-The MINT/SNACS thesis mode zeroes kernels instead of removing channels (specs/seed-ganesh.md §0, §5).
-Masks are ``{parameter name: 0/1 tensor of the parameter's shape}``, stored in a checkpoint under
-``"masks"``.
+Masks do not change the architecture; they zero individual weights (kernels, connections; see
+specs/seed-ganesh.md §0, §5). A checkpoint carries them under the key ``"masks"``, and fine-tuning
+must keep every masked weight at exactly zero: ``edgeslim.training.KeepMasks`` re-applies them
+after each optimiser step (momentum and weight decay would otherwise move a removed weight).
 
-* ``apply_masks`` multiplies the weights in place and (optionally) registers gradient hooks that
-  zero the gradients of masked weights. With zero weights and zero gradients every optimiser in
-  ``edgeslim.training`` (SGD with momentum and weight decay, AdamW, RMSprop) leaves the weights at
-  exactly zero: momentum and moment buffers of those entries stay zero and decay of 0 is 0.
-* ``MaskCallback`` does that for ``edgeslim.training.fit`` and re-checks the masks after every epoch.
-* ``mask_report`` gives the thesis's metrics: parameters pruned (%) counting conv and FC layers only,
-  FLOPs reduced (%) from the zeroed kernels, and the CSR ``.npz`` memory footprint (MINT §1.7).
+* ``check_masks``: do the masks fit the model, and how many masked weights are not zero.
+* ``apply_masks``: zero the masked weights in place.
+* ``masks_after_plan``: the masks of a model cut down to its physically slimmed version.
+* ``mask_report``: the thesis's metrics: parameters pruned (%) counting conv and FC layers only,
+  FLOPs reduced (%) from the zeroed kernels, and the CSR ``.npz`` memory footprint (MINT §1.7,
+  ``csr_npz_bytes``).
 """
 from __future__ import annotations
 
+import copy
 import io
 from typing import Any, Mapping
 
@@ -21,77 +22,57 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training.loop import Callback, TrainState
-
-__all__ = ["apply_masks", "remove_mask_hooks", "MaskCallback", "check_masks", "mask_report", "csr_npz_bytes"]
-
-_HOOKS_ATTR = "_edgeslim_mask_hooks"
+__all__ = ["apply_masks", "check_masks", "masks_after_plan", "mask_report", "csr_npz_bytes"]
 
 
-def _validated(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, tuple[nn.Parameter, torch.Tensor]]:
-    params = dict(model.named_parameters())
-    out = {}
-    for name, mask in masks.items():
-        if name not in params:
-            raise ValueError(f"mask for {name!r} but the model has no such parameter")
-        p = params[name]
-        mask = torch.as_tensor(mask)
-        if tuple(mask.shape) != tuple(p.shape):
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(p.shape)}")
-        out[name] = (p, mask.to(device=p.device, dtype=p.dtype))
-    return out
-
-
-def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], freeze: bool = True) -> nn.Module:
-    """Zero the masked weights of ``model`` in place; with ``freeze`` also zero their gradients from now on.
-
-    Calling it again replaces earlier gradient hooks. Returns ``model``.
-    """
-    remove_mask_hooks(model)
-    hooks = []
-    with torch.no_grad():
-        for name, (param, mask) in _validated(model, masks).items():
-            param.mul_(mask)
-            if freeze:
-                hooks.append(param.register_hook(lambda grad, m=mask: grad * m))
-    setattr(model, _HOOKS_ATTR, hooks)
-    return model
-
-
-def remove_mask_hooks(model: nn.Module) -> None:
-    for h in getattr(model, _HOOKS_ATTR, []):
-        h.remove()
-    if hasattr(model, _HOOKS_ATTR):
-        delattr(model, _HOOKS_ATTR)
+def _masked_param(params: dict[str, nn.Parameter], name: str, mask: torch.Tensor) -> nn.Parameter:
+    """The parameter ``name`` that ``mask`` covers; a ValueError naming the problem when it does not fit."""
+    if name not in params:
+        raise ValueError(f"mask for {name!r}, but the model has no such parameter "
+                         f"(parameters look like {next(iter(params), '?')!r})")
+    p = params[name]
+    if tuple(mask.shape) != tuple(p.shape):
+        raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter has {tuple(p.shape)}")
+    return p
 
 
 def check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> int:
-    """Number of masked weights that are not exactly zero (0 when the masks hold)."""
-    bad = 0
-    for _, (param, mask) in _validated(model, masks).items():
-        bad += int(((param.detach() != 0) & (mask == 0)).sum())
-    return bad
+    """Raise a ValueError naming the first mask that does not fit ``model``; else return the number
+    of masked weights that are not exactly zero (0 when the masks hold)."""
+    params = dict(model.named_parameters())
+    violations = 0
+    for name, mask in masks.items():
+        p = _masked_param(params, name, mask)
+        violations += int(((p.detach() != 0) & (mask.to(p.device) == 0)).sum())
+    return violations
 
 
-class MaskCallback(Callback):
-    """Keeps connection masks fixed during ``fit``: masked weights start and stay exactly zero."""
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Zero the masked weights of ``model`` in place (mask value 0 = removed connection); returns ``model``."""
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        p = _masked_param(params, name, mask)
+        p.mul_(mask.to(device=p.device, dtype=p.dtype))
+    return model
 
-    def __init__(self, masks: Mapping[str, torch.Tensor]):
-        self.masks = dict(masks)
-        self.violations = 0
 
-    def on_epoch_start(self, state: TrainState) -> None:
-        if state.epoch == 0 or not getattr(state.model, _HOOKS_ATTR, None):
-            apply_masks(state.model, self.masks, freeze=True)
+@torch.no_grad()
+def masks_after_plan(model: nn.Module, plan: Any, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The masks of ``model`` cut down to the slim model ``apply_plan(model, plan)``.
 
-    def on_epoch_end(self, state: TrainState, record: dict[str, Any]) -> None:
-        bad = check_masks(state.model, self.masks)
-        self.violations += bad
-        if bad:  # should not happen; re-impose rather than train on with a broken mask
-            apply_masks(state.model, self.masks, freeze=True)
-        record["masked_nonzero"] = bad
-        if state.epoch + 1 == state.config.epochs:
-            remove_mask_hooks(state.model)
+    The masks ride through the very surgery that slims the weights: they are written into a copy
+    of the model in place of its weights, the plan is applied, and what is left of them is read back.
+    """
+    from .surgery import apply_plan
+
+    check_masks(model, masks)
+    carrier = copy.deepcopy(model)
+    params = dict(carrier.named_parameters())
+    for name, mask in masks.items():
+        params[name].copy_(mask)
+    slim = dict(apply_plan(carrier, plan).named_parameters())
+    return {name: slim[name].detach().clone() for name in masks}
 
 
 def _weight_layers(model: nn.Module):
@@ -141,7 +122,7 @@ def mask_report(model: nn.Module, masks: Mapping[str, torch.Tensor], example: to
     ``.npz`` size of the masked weights (MB = 1e6 bytes), beside ``memory_mb_dense`` (every weight
     stored the same way). Per layer too.
     """
-    _validated(model, masks)
+    check_masks(model, masks)
     shapes: dict[str, tuple[int, ...]] = {}
     modules = dict(_weight_layers(model))
     def record(name):

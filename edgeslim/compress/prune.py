@@ -97,7 +97,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     ``target``: ``{"channels"|"macs"|"params": ratio}`` (or ``"macs=0.5"``), the slim/dense ratio to
     reach (within 2 % below it); default ``{"macs": 0.5}``. ``data``: calibration data for
     data-driven criteria. ``round_to``: None, N (channel counts in multiples of N), ``"device"``
-    (the device profile's preferred multiple; needs ``device``) or ``f(group, n) -> n``.
+    (needs ``device``: on ``"cpu"`` the widths ONNX Runtime runs fastest, measured; elsewhere the
+    device profile's preferred multiple) or ``f(group, n) -> n``. ``target={"latency": ms}`` (device
+    ``"cpu"``) is estimated from measured probes; ``edgeslim.runtime.target.prune_to_latency`` also
+    measures the slim model and tightens until the measurement meets the target.
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
@@ -106,7 +109,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     target = parse_target(target)
-    rounding = resolve_rounding(round_to, device)
+    rounding = resolve_rounding(round_to, device, model, inputs)
     criterion = get_criterion(method)
     loader = as_loader(data)
     if criterion.needs_data and loader is None:
@@ -128,7 +131,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 
     t0 = time.perf_counter()
     bar.set_postfix_str("planning and cutting")
-    context = {"model": model, "example_inputs": inputs, "device": device}
+    context = {"model": model, "example_inputs": inputs, "device": device, "rounding": rounding}
     solution = solve(graph, scores, target, rounding, min_keep, context=context)
     plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
     bar.update()

@@ -13,8 +13,11 @@ number to remove is found by binary search on the exact cost of the resulting sl
 
 Rounding (``round_to``): an int N keeps every group's count a multiple of N (or the whole group
 when it is smaller than N or the next multiple would exceed it); a callable ``(group, n) -> n``
-decides itself; ``"device"`` asks the device profile (``edgeslim.devices``) for its preferred
-multiple. Further cost models (e.g. latency on a device) plug in with :func:`register_cost_model`.
+decides itself; ``"device"`` on this host's CPU (``device="cpu"``) picks the widths ONNX Runtime
+runs fastest, measured (``edgeslim.runtime.channels.DeviceRounding``), and for any other device
+asks its profile (``edgeslim.devices``) for its preferred multiple. Further cost models plug in with
+:func:`register_cost_model`; ``latency`` (ms on this CPU, estimated from measured probes) is
+``edgeslim.runtime.target.latency_cost_model``.
 """
 from __future__ import annotations
 
@@ -96,6 +99,15 @@ COST_MODELS: dict[str, Callable[..., Callable[[np.ndarray, Mapping[str, int]], f
 }
 
 
+def _latency(graph, cm, ctx):
+    from ..runtime.target import latency_cost_model  # imported on use: measuring needs onnxruntime
+
+    return latency_cost_model(graph, cm, ctx)
+
+
+COST_MODELS["latency"] = _latency
+
+
 def register_cost_model(name: str):
     """Register a target kind: ``factory(graph, cost_model, context) -> cost(kept, counts) -> value``.
 
@@ -153,7 +165,8 @@ def parse_target(target: Mapping[str, Any] | str | None) -> dict[str, float]:
     return out
 
 
-def resolve_rounding(round_to: Any, device: str | None) -> Callable[[ChannelGroup, int], int] | None:
+def resolve_rounding(round_to: Any, device: str | None, model: Any = None,
+                     example_inputs: Any = None) -> Callable[[ChannelGroup, int], int] | None:
     """``round_to`` as a function ``(group, kept) -> kept`` (None: no rounding)."""
     if round_to is None or round_to == 1:
         return None
@@ -162,6 +175,11 @@ def resolve_rounding(round_to: Any, device: str | None) -> Callable[[ChannelGrou
     if round_to == "device":
         if device is None:
             raise ValueError("round_to='device' needs a device profile name (device=...)")
+        if device == "cpu" and model is not None:
+            # This host's CPU can be measured: widths the runtime (ONNX Runtime) runs fastest, timed.
+            from ..runtime.channels import DeviceRounding
+
+            return DeviceRounding(model, example_inputs, runtime="ort", device="cpu")
         try:
             from ..devices import get_device
         except ImportError:

@@ -184,10 +184,13 @@ def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     names = {m: n or "(model)" for n, m in model.named_modules()}
     stack = ["(model)"]
     shapes: dict[str, list[int]] = {}
+    in_shapes: dict[str, list[int]] = {}
     calls: dict[str, int] = defaultdict(int)
 
-    def pre(mod, _args):
+    def pre(mod, args):
         stack.append(names[mod])
+        if args and isinstance(args[0], torch.Tensor):
+            in_shapes[names[mod]] = list(args[0].shape)
 
     def post(mod, _args, out):
         stack.pop()
@@ -226,6 +229,7 @@ def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
             "type": type(m).__name__,
             "macs": mode.macs.get(name, 0),
             "params": own_params,
+            "input_shape": in_shapes.get(name),
             "output_shape": shapes.get(name),
             "calls": calls.get(name, 0),
         })

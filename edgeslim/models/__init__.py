@@ -28,8 +28,9 @@ __all__ = [
 CHECKPOINT_FORMAT = "edgeslim-checkpoint/1"
 
 ZOO: dict[str, Callable[..., nn.Module]] = {}
+ZOO_INPUT: dict[str, tuple[int, ...]] = {}  # zoo models whose natural input is not 1x3x32x32
 # Modules that register zoo models next to the method they belong to; imported when the zoo is first used.
-ZOO_MODULES = ["edgeslim.compress.fbs_condconv"]
+ZOO_MODULES = ["edgeslim.compress.fbs_condconv", "edgeslim.models.inception"]
 
 
 def _zoo() -> dict[str, Callable[..., nn.Module]]:
@@ -38,11 +39,14 @@ def _zoo() -> dict[str, Callable[..., nn.Module]]:
     return ZOO
 
 
-def register_zoo(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_zoo(name: str, input_shape: tuple[int, ...] | None = None
+                 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a builder under ``zoo:NAME``; builders take ``num_classes`` and keyword options."""
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         ZOO[name] = fn
+        if input_shape is not None:
+            ZOO_INPUT[name] = tuple(input_shape)
         return fn
 
     return deco
@@ -52,6 +56,7 @@ for _depth in (20, 32, 44, 56, 110):
     register_zoo(f"resnet{_depth}")(lambda num_classes=10, _d=_depth, **kw: CifarResNet(_d, num_classes, **kw))
 register_zoo("vgg16")(lambda num_classes=10, **kw: CifarVGG16(num_classes, **kw))
 register_zoo("mcifarnet")(lambda num_classes=10, **kw: MCifarNet(num_classes, **kw))
+
 
 # torchvision models whose natural input is not 224x224
 _TORCHVISION_INPUT = {"inception_v3": 299}
@@ -103,7 +108,8 @@ def default_input_shape(spec: str) -> tuple[int, ...]:
     """The model's natural input (batch 1): 32x32 for the CIFAR zoo, 224x224 for torchvision."""
     kind, name = _split_spec(spec)
     if kind == "zoo":
-        return (1, 3, 32, 32)
+        _zoo()  # lazily registered zoo models may declare their input shape
+        return ZOO_INPUT.get(name, (1, 3, 32, 32))
     if kind == "torchvision":
         side = _TORCHVISION_INPUT.get(name, 224)
         return (1, 3, side, side)
@@ -118,7 +124,7 @@ class LoadedModel:
     input_shape: tuple[int, ...] | None
     plan: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    masks: dict[str, torch.Tensor] | None = None  # connection masks (MINT/SNACS thesis mode), kept while fine-tuning
+    masks: dict[str, torch.Tensor] | None = None  # connection masks {param_name: 0/1 tensor}, kept while fine-tuning
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         if self.input_shape is None:
@@ -128,9 +134,13 @@ class LoadedModel:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs: dict[str, Any] | None = None,
                     input_shape: tuple[int, ...] | None = None, plan: dict[str, Any] | None = None,
-                    meta: dict[str, Any] | None = None, masks: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model`` as architecture spelling + state_dict (+ plan, + connection ``masks`` {param: 0/1}),
-    loadable with weights_only=True."""
+                    meta: dict[str, Any] | None = None, masks: dict[str, torch.Tensor] | None = None,
+                    training: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as architecture spelling + state_dict (+ plan), loadable with weights_only=True.
+
+    ``masks``: connection masks to keep fixed while fine-tuning; ``training``: the state needed to
+    resume a run exactly (see ``edgeslim.training.checkpoint``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -142,8 +152,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    if masks is not None:
+    if masks:  # stored as booleans (a quarter of the bytes); loaded back as 0/1 floats
         payload["masks"] = {k: torch.as_tensor(v).detach().to("cpu", torch.bool) for k, v in masks.items()}
+    if training is not None:
+        payload["training"] = training
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)  # never leave a half-written checkpoint behind
@@ -162,7 +174,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     model.load_state_dict(payload["state_dict"])
     shape = tuple(payload["input_shape"]) if payload["input_shape"] else None
     masks = payload.get("masks")
-    masks = {k: v.float() for k, v in masks.items()} if masks is not None else None
+    masks = {k: v.float() for k, v in masks.items()} if masks else None
     return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"], masks)
 
 

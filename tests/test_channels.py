@@ -1,0 +1,209 @@
+"""Runtime-aware channel counts: probes, the cached latency table, and the rounding they drive."""
+import json
+
+import numpy as np
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from edgeslim.metrics import count
+from edgeslim.runtime import OrtRunner, benchmark
+from edgeslim.runtime.channels import (DeviceRounding, GroupSpec, LatencyTable, candidate_widths, probe_latency,
+                                       record_layers)
+
+
+class Group:
+    """A channel group described by hand, shaped like the engine's ChannelGroup."""
+
+    def __init__(self, gid, size, producers, consumers):
+        self.id, self.size, self._p, self._c = gid, size, producers, consumers
+
+    def producer_modules(self):
+        return self._p
+
+    def consumer_modules(self):
+        return self._c
+
+
+def inverted_residual_net(hidden: list[int], width: int = 32, side: int = 28) -> nn.Sequential:
+    """MobileNetV2-style blocks (1x1 expand -> 3x3 depthwise -> 1x1 project) with the given hidden widths."""
+    layers = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for h in hidden:
+        layers += [nn.Conv2d(width, h, 1), nn.ReLU(), nn.Conv2d(h, h, 3, padding=1, groups=h), nn.ReLU(),
+                   nn.Conv2d(h, width, 1)]
+    return nn.Sequential(*layers)
+
+
+def block_groups(n_blocks: int, size: int) -> list[Group]:
+    # Block i occupies modules 2+5i .. 6+5i: expand (2+5i), depthwise (4+5i), project (6+5i).
+    return [Group(f"block{i}", size, [str(2 + 5 * i), str(4 + 5 * i)], [str(4 + 5 * i), str(6 + 5 * i)])
+            for i in range(n_blocks)]
+
+
+def test_candidate_widths():
+    assert candidate_widths(67, 96) == [67, 72, 80, 88, 96]
+    assert candidate_widths(96, 96) == [96]
+    assert candidate_widths(5, 10) == [5, 8, 10]
+    assert candidate_widths(33, 256) == [33, 40, 48, 56, 64]
+    with pytest.raises(ValueError, match="outside"):
+        candidate_widths(0, 16)
+
+
+def test_group_spec_of_a_torchvision_block_matches_the_counter():
+    model = torchvision.models.mobilenet_v2()
+    x = torch.randn(1, 3, 64, 64)
+    layers = record_layers(model, x)
+    block = ["features.2.conv.0.0", "features.2.conv.1.0", "features.2.conv.2"]
+    spec = GroupSpec.from_modules(layers, 96, block[:2], block[1:])
+    assert [len(spec.producers), len(spec.passthrough), len(spec.consumers)] == [1, 1, 1]
+    assert spec.passthrough[0].depthwise and spec.passthrough[0].input_hw == (32, 32)
+    # The probe at full width costs exactly what those three layers cost inside the model.
+    per_layer = {l["name"]: l["macs"] for l in count(model, x).layers}
+    assert spec.macs(96) == sum(per_layer[b] for b in block)
+    probe = spec.probe(40)
+    (out,) = probe(*spec.example_inputs())
+    assert out.shape == (1, 24, 16, 16) and probe.passthrough[0].groups == 40
+    assert spec.signature() == GroupSpec.from_modules(record_layers(model, x), 96, block[:2], block[1:]).signature()
+    with pytest.raises(ValueError, match="did not run"):
+        GroupSpec.from_modules(layers, 96, ["features.99"], block[1:])
+
+
+def test_probe_sees_the_runtime_prefer_aligned_widths():
+    """ONNX Runtime's blocked CPU kernels: a 64-wide group runs faster than a 63-wide one."""
+    model = inverted_residual_net([96])
+    spec = GroupSpec.from_group(record_layers(model, torch.randn(1, 3, 28, 28)), block_groups(1, 96)[0])
+    lat = probe_latency(spec, [63, 64], runs=40)
+    assert lat[64] < lat[63]
+
+
+def test_device_rounding_picks_fast_widths_and_caches_them(tmp_path, monkeypatch):
+    x = torch.randn(1, 3, 28, 28)
+    dense = inverted_residual_net([96, 96, 96])
+    table = LatencyTable(path=tmp_path / "cpu-ort.json")
+    rounding = DeviceRounding(dense, x, table=table)
+    groups = block_groups(3, 96)
+    chosen = [rounding(g, 61) for g in groups]
+    assert all(61 <= c <= 96 for c in chosen)
+    assert set(rounding.decisions) == {"block0", "block1", "block2"}
+    saved = json.loads((tmp_path / "cpu-ort.json").read_text())
+    assert saved["runtime"] == "ort" and len(saved["entries"]) == 1  # three identical blocks share one probe
+    # Candidates 61 and 64: 61 is timed through its bucket's representative (63).
+    assert set(next(iter(saved["entries"].values()))) == {"63", "64"}
+
+    # A second rounding on the same table measures nothing and decides the same.
+    import edgeslim.runtime.channels as channels
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again although the table has every width")
+
+    monkeypatch.setattr(channels, "probe_latency", no_measuring)
+    again = DeviceRounding(dense, x, table=LatencyTable(path=tmp_path / "cpu-ort.json"))
+    assert [again(g, 61) for g in groups] == chosen
+    monkeypatch.undo()
+
+    # The whole narrowed model: the chosen widths beat the naive ones on the runtime, interleaved.
+    from edgeslim.export import export_onnx
+
+    naive, rounded = inverted_residual_net([61] * 3), inverted_residual_net(chosen)
+    paths = {k: export_onnx(m.eval(), x, tmp_path / f"{k}.onnx", simplify=False).path
+             for k, m in (("naive", naive), ("rounded", rounded))}
+    res = benchmark({k: OrtRunner(p) for k, p in paths.items()}, runs=40, warmup=5, memory=False)
+    assert res["rounded"].latency_ms.p50 < res["naive"].latency_ms.p50
+
+
+def test_table_from_another_host_is_ignored(tmp_path):
+    path = tmp_path / "t.json"
+    table = LatencyTable(path=path)
+    table.put("abc", {8: 1.0})
+    table.save()
+    assert LatencyTable(path=path).get("abc", [8]) == {8: 1.0}
+    data = json.loads(path.read_text())
+    data["host"]["runtime_version"] = "0.0.0"
+    path.write_text(json.dumps(data))
+    assert LatencyTable(path=path).get("abc", [8]) is None
+
+
+def test_latency_model_estimates_a_narrowed_model(tmp_path):
+    """The probe-based estimate of a hand-narrowed model lands near its measured latency (as a
+    fraction of the dense model's, both timed interleaved)."""
+    from edgeslim.export import export_onnx
+    from edgeslim.runtime.channels import LatencyModel
+
+    x = torch.randn(1, 3, 28, 28)
+    dense, slim = inverted_residual_net([96] * 3), inverted_residual_net([48] * 3)
+    paths = {k: export_onnx(m.eval(), x, tmp_path / f"{k}.onnx", simplify=False).path
+             for k, m in (("dense", dense), ("slim", slim))}
+    res = benchmark({k: OrtRunner(p) for k, p in paths.items()}, runs=60, warmup=5, memory=False)
+    dense_ms, slim_ms = res["dense"].latency_ms.p50, res["slim"].latency_ms.p50
+    model = LatencyModel(DeviceRounding(dense, x, table=LatencyTable(path=tmp_path / "t.json")), dense_ms)
+    groups = block_groups(3, 96)
+    estimate = model.estimate(groups, {g.id: 48 for g in groups})
+    assert estimate < dense_ms
+    assert abs(estimate / dense_ms - slim_ms / dense_ms) < 0.25, (estimate, slim_ms, dense_ms)
+    assert model.estimate(groups, {}) == dense_ms
+
+
+@pytest.mark.slow
+def test_probes_of_every_group_of_real_networks_export_and_run():
+    """Probes for groups with pooling between producers (a ResNet stem coupled to its first stage),
+    flattened linear consumers (VGG) and depthwise layers (MobileNetV2) build, export and run."""
+    import io
+    import warnings
+
+    cases = {
+        "resnet18": (["conv1", "layer1.0.conv2", "layer1.1.conv2"],
+                     ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.downsample.0"], 64),
+        "vgg11": (["features.18"], ["classifier.0"], 512),
+        "mobilenet_v2": (["features.17.conv.0.0", "features.17.conv.1.0"],
+                         ["features.17.conv.1.0", "features.17.conv.2"], 960),
+    }
+    for name, (producers, consumers, size) in cases.items():
+        model = torchvision.models.get_model(name)
+        layers = record_layers(model, torch.randn(1, 3, 64, 64))
+        spec = GroupSpec.from_modules(layers, size, producers, consumers)
+        probe = spec.probe(size // 2 - 3).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(probe, spec.example_inputs(), io.BytesIO(), opset_version=17, dynamo=False)
+        outs = probe(*spec.example_inputs())
+        assert all(torch.isfinite(o).all() for o in outs), name
+    assert spec.repeat_scale() == 1.0
+    resnet = GroupSpec.from_modules(record_layers(torchvision.models.resnet50(), torch.randn(1, 3, 64, 64)), 256,
+                                    ["layer1.0.conv3", "layer1.0.downsample.0", "layer1.1.conv3", "layer1.2.conv3"],
+                                    ["layer1.1.conv1", "layer1.2.conv1", "layer2.0.conv1", "layer2.0.downsample.0"])
+    # The three conv3 and the stride-1 downsample have one shape, and so have two of the conv1: probed
+    # once each, counted as often as they occur.
+    assert len(resnet.producers) == 1 and len(resnet.consumers) == 3 and resnet.repeats == (4, 2, 1, 1)
+    assert resnet.repeat_scale() > 1.5
+
+
+def test_sliced_onnx_probe_equals_the_probe_at_that_width():
+    """The ONNX probe at width n (sliced from the full-width export) computes what the PyTorch probe
+    at width n computes with the same weights."""
+    import onnxruntime as ort
+
+    from edgeslim.runtime.channels import OnnxProbe
+
+    model = torchvision.models.mobilenet_v2()
+    layers = record_layers(model, torch.randn(1, 3, 64, 64))
+    for producers, consumers, size in ((["features.2.conv.0.0", "features.2.conv.1.0"], ["features.2.conv.2"], 96),
+                                       (["features.18.0"], ["classifier.1"], 1280)):
+        spec = GroupSpec.from_modules(layers, size, producers, consumers)
+        template = OnnxProbe(spec)
+        for n in (size, size // 2 + 3):
+            sess = ort.InferenceSession(template.model(n), providers=["CPUExecutionProvider"])
+            feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), template.inputs)}
+            got = sess.run(None, feeds)[0]
+            # The PyTorch probe at width n with the exported full-width weights, sliced the same way.
+            from onnx import numpy_helper
+
+            weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in template.proto.graph.initializer}
+            small = spec.probe(n)
+            small.load_state_dict({name: weights[name].narrow(template.slices[name][0], 0, n * template.slices[name][1])
+                                   if name in template.slices else weights[name] for name in small.state_dict()})
+            with torch.no_grad():
+                want = small.eval()(*template.inputs)[0].numpy()
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

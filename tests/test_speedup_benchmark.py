@@ -1,0 +1,34 @@
+"""benchmarks/speedup.py --quick: the published table's script runs end to end on tiny inputs
+(about a minute on a quiet 2-core machine, so marked slow)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edgeslim
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speedup.py"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(edgeslim, "prune") or not callable(getattr(edgeslim, "prune", None)),
+                    reason="edgeslim.prune (the slimming engine) is not in this build")
+def test_speedup_quick_runs_and_reports_every_cell(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", "--table", str(tmp_path / "t.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    rows = out["rows"]
+    assert not [r for r in rows if "error" in r]
+    assert {r["model"] for r in rows} == {"resnet18", "mobilenet_v2"}
+    for model in ("resnet18", "mobilenet_v2"):
+        variants = {r["variant"] for r in rows if r["model"] == model}
+        assert variants == {"tp", "ours", "ours-matched"}
+    for r in rows:
+        assert r["macs"] < r["dense_macs"] and r["macs_reduction"] > 1
+        assert r["speedup"] > 0 and r["speedup_over_macs"] == pytest.approx(r["speedup"] / r["macs_reduction"])
+        assert isinstance(r["goal_met"], bool)
+    assert out["meta"]["runtime"] == "ort" and out["meta"]["input"] == [1, 3, 32, 32]
+    assert json.loads((tmp_path / "t.json").read_text())["entries"], "the probes' table was not written"
