@@ -156,8 +156,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    if masks:
-        payload["masks"] = {k: v.detach().cpu() for k, v in masks.items()}
+    if masks:  # stored as booleans (a quarter of the bytes); loaded back as 0/1 floats
+        payload["masks"] = {k: torch.as_tensor(v).detach().to("cpu", torch.bool) for k, v in masks.items()}
     if training is not None:
         payload["training"] = training
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -177,8 +177,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         model = apply_plan(model, payload["plan"])
     model.load_state_dict(payload["state_dict"])
     shape = tuple(payload["input_shape"]) if payload["input_shape"] else None
-    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"],
-                       payload.get("masks"))
+    masks = payload.get("masks")
+    masks = {k: v.float() for k, v in masks.items()} if masks else None
+    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"], masks)
 
 
 def load_model(spec: str, weights: str | None = None, num_classes: int | None = None,
