@@ -53,20 +53,16 @@ def test_export_a_checkpoint_for_jetpack_4(capsys, tmp_path):
     assert "--workspace=512" in r["trtexec"] and r["tensorrt"]["reason"] == "not requested (--format onnx)"
 
 
-def test_export_a_slim_checkpoint_written_after_pruning(capsys, tmp_path):
-    import edgeslim
-    import torch
-
-    dense = TinyNet(width=16).eval()
-    result = edgeslim.prune(dense, torch.randn(1, 3, 32, 32), method="l1", target={"macs": 0.5}, progress=False)
-    ckpt = save_checkpoint(tmp_path / "slim.pt", result.model, TINY, {"width": 16}, (1, 3, 32, 32),
-                           plan=result.plan.to_dict())
-    code, r = run_json(capsys, "export", str(ckpt), "--device", "jetson-agx-orin-64gb", "-o", str(tmp_path / "s.onnx"),
-                       "--no-progress")
+def test_export_a_slim_checkpoint_written_by_the_prune_command(capsys, tmp_path):
+    code, pruned = run_json(capsys, "prune", TINY, "--input", "1x3x32x32", "--method", "l1", "--target", "macs=0.5",
+                            "-o", str(tmp_path / "run"))
+    assert code == 0 and pruned["plan"]
+    code, r = run_json(capsys, "export", pruned["checkpoint"], "--device", "jetson-agx-orin-64gb",
+                       "-o", str(tmp_path / "s.onnx"), "--no-progress")
     c = r["channels"]
     assert code == 0 and c["matches_model"] and c["differs_from_dense"] and c["model_differs_from_dense"]
     assert c["graph_out_channels"] < c["dense_out_channels"] == 16 * 3 + 32
-    assert r["onnx"]["max_rel_diff"] < 1e-4
+    assert r["onnx"]["max_rel_diff"] < 1e-4 and r["onnx"]["opset"] == 20 and r["input_shape"] == [1, 3, 32, 32]
 
 
 def test_export_int8_for_the_cpu(capsys, tmp_path):

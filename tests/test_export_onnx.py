@@ -117,6 +117,19 @@ def test_slim_channel_counts_are_checked_in_the_graph(tmp_path):
     assert wrong["mismatches"]["in_graph_not_model"]
 
 
+def test_external_data_is_chosen_by_weight_size(tmp_path, monkeypatch):
+    # The size rule of the 2 GB case, without writing 2 GB: a protobuf limit smaller than TinyNet's weights.
+    import edgeslim.export.onnx as onnx_export
+
+    weight_bytes = 4 * sum(p.numel() for p in TinyNet().parameters())
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", weight_bytes)
+    big = export_onnx(TinyNet(), example(), tmp_path / "big" / "m.onnx", opset=17)
+    assert big.external_data and (tmp_path / "big" / "m.onnx.data").exists() and big.max_rel_diff < 1e-5
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 100 * weight_bytes)
+    small = export_onnx(TinyNet(), example(), tmp_path / "small" / "m.onnx", opset=17)
+    assert not small.external_data and sorted(p.name for p in (tmp_path / "small").iterdir()) == ["m.onnx"]
+
+
 @pytest.mark.slow
 def test_models_over_2gb_are_saved_with_external_data(tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 180_000))  # 553 M params, 2.2 GB

@@ -1,7 +1,7 @@
 """Real torchvision models, slimmed by the engine, through export_for_device: parity in ONNX Runtime,
 the slim channel counts in the graph, and a clean TensorRT operator check.
 
-The default run covers MobileNetV3 at 64x64; ``-m slow`` a broad subset at their natural
+The default run covers MobileNetV3 and SqueezeNet at 64x64; ``-m slow`` a broad subset at their natural
 resolution, dense and slim (benchmarks/export_all.py runs all of them)."""
 import pytest
 import torch
@@ -28,6 +28,15 @@ def test_slim_mobilenet_v3_exports_for_jetpack_5(tmp_path):
     r = _export("mobilenet_v3_small", "jetson-xavier-nx", tmp_path, side=64)
     assert r["onnx"]["opset"] == 17 and r["onnx"]["max_rel_diff"] < 1e-4 and r["onnx"]["simplified"]
     assert r["tensorrt_ops"]["ok"], r["tensorrt_ops"]
+    c = r["channels"]
+    assert c["matches_model"] and c["differs_from_dense"] and c["graph_out_channels"] < c["dense_out_channels"]
+
+
+def test_slim_squeezenet_exports_for_jetpack_4(tmp_path):
+    # Fire modules concatenate two expand branches: the slim widths must survive the concat at opset 13
+    r = _export("squeezenet1_1", "jetson-nano", tmp_path, side=64)
+    assert r["onnx"]["opset"] == 13 and r["onnx"]["exporter"] == "torchscript" and r["onnx"]["max_rel_diff"] < 1e-4
+    assert r["tensorrt_ops"]["ok"] and "--workspace=" in r["trtexec"]
     c = r["channels"]
     assert c["matches_model"] and c["differs_from_dense"] and c["graph_out_channels"] < c["dense_out_channels"]
 

@@ -67,7 +67,7 @@ def test_check_ops_on_real_graphs(tmp_path):
 
 
 def test_trtexec_flags_are_valid_for_each_version():
-    for version in ("8.2", "8.5", "8.6", "10.0", "10.3", "10.13", "11.0", "11.1"):
+    for version in ("7.1", "8.2", "8.5", "8.6", "10.0", "10.3", "10.13", "11.0", "11.1"):
         v = parse_version(version)
         for precision in ("fp32", "fp16", "int8"):
             cmd = trtexec_command("m.onnx", version, precision=precision, workspace_mb=512, timing_cache="m.cache")
@@ -84,7 +84,9 @@ def test_trtexec_flags_are_valid_for_each_version():
                 assert "--workspace=512" in cmd and not flags & ADDED_IN_8_4
             else:
                 assert "--memPoolSize=workspace:512" in cmd
-            assert "--timingCacheFile=m.cache" in cmd
+            # TensorRT 7: ONNX needs explicit batch spelled out; timing caches arrived in 8.0
+            assert ("--explicitBatch" in flags) == (v < (8, 0))
+            assert ("--timingCacheFile=m.cache" in cmd) == (v >= (8, 0))
 
 
 def test_trtexec_dla_dynamic_batch_and_refusals():

@@ -9,6 +9,7 @@ The training flags are shared with ``prune --finetune-epochs`` (``add_training_a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from ..models import LoadedModel, load_model
 from ..training import TrainConfig
 from ..training.recipes import RECIPES, get_recipe
 from .common import add_command, add_model_args, resolve_model
+from .efficiency import add_efficiency_args, efficiency_callbacks, render_robustness, robustness_summary, \
+    training_summary
 
 
 def add_parser(sub) -> None:
@@ -32,6 +35,7 @@ def add_parser(sub) -> None:
                    help="run folder: model.pt (result), last.pt (resumable, every epoch), run.json")
     add_training_args(p)
     add_recovery_args(p)
+    add_efficiency_args(p)
 
 
 def add_recovery_args(p: argparse.ArgumentParser, teacher_flag: bool = True) -> None:
@@ -116,6 +120,7 @@ def subsample(data: DataBundle, train: int | None, test: int | None, seed: int =
         return Subset(dataset, idx.sort().values.tolist())
 
     data.train = pick(data.train, train)
+    data.train_plain = pick(data.train_plain, train)  # the same samples (same draw), for scoring without augmentation
     data.test = pick(data.test, test)
     return data
 
@@ -147,21 +152,33 @@ def run(args) -> dict:
     record = recover(args, loaded, data, config, teacher, source, reason,
                      meta={"data": args.data, "recipe": args.recipe, "augment": augment})
     record.update(model=args.model, data=args.data, recipe=args.recipe, augment=augment)
+    if args.eval_robustness and int(os.environ.get("RANK", "0")) == 0:  # once, not on every torchrun process
+        tuned = load_model(record["checkpoint"], num_classes=data.num_classes).model.eval()
+        # with the dense teacher known: what compression + fine-tuning did (dense vs slim, attacks crossed)
+        record["robustness"] = robustness_summary(args, teacher, data, compare_with=tuned) if teacher is not None \
+            else robustness_summary(args, tuned, data)
     return record
 
 
 def recover(args: argparse.Namespace, loaded: LoadedModel, data: DataBundle, config: TrainConfig, teacher,
             teacher_source: str | None, no_teacher_reason: str | None, meta: dict[str, Any]) -> dict[str, Any]:
-    """Fine-tune ``loaded`` into ``args.output`` with the recovery options of ``add_recovery_args``."""
+    """Fine-tune ``loaded`` into ``args.output`` with the recovery options of ``add_recovery_args``
+    and the training-efficiency options of ``add_efficiency_args`` (data pruning, CAPER, LILAC, PatchDrop)."""
     from ..training.recovery import finetune
 
     if args.no_kd:
         teacher, teacher_source, no_teacher_reason = None, None, "disabled with --no-kd"
+    callbacks, epochs = efficiency_callbacks(args, data, loaded.model, config.epochs, config.seed)
+    config = dataclasses.replace(config, epochs=epochs)  # LILAC puts its label-introduction epochs in front
     record = finetune(loaded, data, config, args.output, teacher=teacher, teacher_source=teacher_source,
-                      temperature=args.kd_temperature, alpha=args.kd_alpha, resume=args.resume,
+                      temperature=args.kd_temperature, alpha=args.kd_alpha, resume=args.resume, callbacks=callbacks,
                       progress=not args.json, device=args.train_device, meta=meta)
     if teacher is None and no_teacher_reason:
         record["distillation"]["reason"] = no_teacher_reason
+    if callbacks:  # the same record, with scoring passes counted and each method's own summary
+        run = {"history": record["history"], "wall_s": record["training"]["wall_s"], "epochs": record["epochs"]}
+        record["training"].update(training_summary(run, callbacks, loaded.model, data,
+                                                   record["training"]["teacher_forward_macs"]))
     return record
 
 
@@ -175,6 +192,10 @@ def render(r: dict) -> None:
               f"at epoch {r['best_epoch']}")
     t = r["training"]
     print(f"{t['samples_seen']} samples seen, {t['flops'] / 1e12:.3f} TFLOPs (estimate), {t['wall_s']:.0f} s")
+    if t.get("samples_scored"):
+        print(f"{t['samples_scored']} samples scored in {t['scoring_s']:.1f} s (counted in the FLOPs)")
+    if "robustness" in r:
+        render_robustness(r["robustness"])
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"checkpoint: {r['checkpoint']}  (resumable: {r['last_checkpoint']})")

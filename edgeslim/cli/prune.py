@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .common import add_command, add_model_args, human, resolve_model
+from .efficiency import add_efficiency_args, render_robustness, robustness_summary
 from .finetune import add_recovery_args, add_training_args, recover, subsample, training_config
 
 
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
     # fine-tuning: the options of `edgeslim finetune` (--recipe, --lr, --batch-size, --seed, ...)
     add_training_args(p, epochs_flag="--finetune-epochs")
     add_recovery_args(p, teacher_flag=False)
+    add_efficiency_args(p)  # shape the fine-tuning (--data-pruning, --caper, ...) and --eval-robustness
 
 
 def run(args) -> dict:
@@ -45,6 +47,15 @@ def run(args) -> dict:
 
     if args.epochs and not args.data:
         raise ValueError("--finetune-epochs needs --data (the data to fine-tune on)")
+    shaping = [o for o, on in (("--data-pruning", args.data_pruning), ("--caper", args.caper),
+                               ("--curriculum", args.curriculum), ("--patchdrop", args.patchdrop)) if on]
+    if shaping and not args.epochs:
+        raise ValueError(f"{', '.join(shaping)} shape the fine-tuning: add --finetune-epochs N (and --data)")
+    if args.robustness_source:
+        raise ValueError("prune attacks the dense and slim models with each other's examples; --robustness-source "
+                         "is for edgeslim train and finetune")
+    if args.eval_robustness and not args.data:
+        raise ValueError("--eval-robustness needs --data (its test set is what the model is evaluated on)")
     if "latency" in args.target and not args.device:  # fail before tracing, not after a progress bar
         raise ValueError("a latency target needs the device it is measured on: --device cpu times ONNX Runtime "
                          "on this host's CPU")
@@ -111,6 +122,11 @@ def run(args) -> dict:
                                 meta={**meta, "accuracy": out["slim"].get("accuracy")}, masks=masks)
         dist.barrier()
     out["checkpoint"], out["plan"] = str(ckpt), str(run_dir / "plan.json")
+    if args.eval_robustness and dist.is_main:  # what slimming did to calibration and robustness, attacks crossed
+        from ..models import load_checkpoint
+
+        tuned = load_checkpoint(ckpt).model if args.epochs else slim
+        out["robustness"] = robustness_summary(args, model, data, compare_with=tuned.eval())
     if dist.is_main:  # report.json / report.md / report.html with the per-layer widths before and after
         from ..metrics import count
         from ..report import write_report
@@ -161,6 +177,8 @@ def render(r: dict) -> None:
     print(f"proof: slim model == masked original, relative error {r['equivalence_error']:.1e}")
     t = r["timing"]
     print(f"time: scoring {t['scoring_s']:.1f} s, surgery {t['surgery_s']:.1f} s, fine-tuning {t['finetune_s']:.1f} s")
+    if "robustness" in r:
+        render_robustness(r["robustness"])
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"checkpoint: {r['checkpoint']}\nplan: {r['plan']}\nreport: {r['report_html']}")

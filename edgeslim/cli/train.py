@@ -7,6 +7,7 @@ from ..data import load_data
 from ..models import save_checkpoint
 from ..training import TrainConfig, fit
 from .common import add_command, add_model_args, resolve_model
+from .efficiency import add_efficiency_args, efficiency_callbacks, render_robustness, robustness_summary, training_summary
 
 
 def add_parser(sub) -> None:
@@ -24,23 +25,34 @@ def add_parser(sub) -> None:
     p.add_argument("--augment", default="standard", choices=["standard", "cutout", "none"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="run folder; the checkpoint is DIR/model.pt")
+    add_efficiency_args(p)
 
 
 def run(args) -> dict:
     data = load_data(args.data, image_size=args.input[-1] if args.input else None, augment=args.augment)
     loaded = resolve_model(args, num_classes=data.num_classes)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+    callbacks, epochs = efficiency_callbacks(args, data, loaded.model, args.epochs, args.seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       weight_decay=args.weight_decay, schedule=args.schedule, milestones=args.milestones,
                       label_smoothing=args.label_smoothing, seed=args.seed)
-    result = fit(loaded.model, data.train, data.test, cfg)
+    result = fit(loaded.model, data.train, data.test, cfg, callbacks)
     shape = (1, *data.input_shape)
     ckpt = save_checkpoint(Path(args.output) / "model.pt", loaded.model, loaded.spec, loaded.kwargs or
                            {"num_classes": data.num_classes}, shape, plan=loaded.plan,
                            meta={"data": args.data, "accuracy": result.get("accuracy"), "train": cfg.to_dict()})
-    return {"accuracy": result["accuracy"], "best_accuracy": result["best_accuracy"], "epochs": args.epochs,
-            "checkpoint": str(ckpt), "wall_s": result["wall_s"], "history": result["history"]}
+    out = {"accuracy": result["accuracy"], "best_accuracy": result["best_accuracy"], "epochs": epochs,
+           "checkpoint": str(ckpt), "wall_s": result["wall_s"], "history": result["history"],
+           "training": training_summary(result, callbacks, loaded.model, data)}
+    if args.eval_robustness:
+        out["robustness"] = robustness_summary(args, loaded.model, data)
+    return out
 
 
 def render(r: dict) -> None:
     print(f"trained {r['epochs']} epochs in {r['wall_s']:.0f} s: test accuracy {r['accuracy']:.2f} % "
           f"(best {r['best_accuracy']:.2f} %)\ncheckpoint: {r['checkpoint']}")
+    t = r["training"]
+    print(f"training cost: {t['samples_seen']} samples trained, {t['samples_scored']} scored, "
+          f"{t['flops'] / 1e12:.3f} TFLOPs ({t['flops_convention']})")
+    if "robustness" in r:
+        render_robustness(r["robustness"])

@@ -9,7 +9,8 @@ on the device itself.
 Version facts used here:
   * max ONNX opset: onnx-tensorrt ``docs/operators.md`` per release (7.x: 11; 8.0-8.4: 13; 8.5/8.6: 17;
     9.2: 19; 10.0: "opset 9 to 20"; 10.15 and 11.x: "opset 9 to 24").
-  * trtexec: ``--workspace=N`` (MiB) until 8.3, ``--memPoolSize=workspace:N`` from 8.4 (``--workspace``
+  * trtexec: TensorRT 7 needs ``--explicitBatch`` for ONNX (8.x forces it) and has no timing cache (8.0);
+    ``--workspace=N`` (MiB) until 8.3, ``--memPoolSize=workspace:N`` from 8.4 (``--workspace``
     removed in 10.0, as were ``--explicitBatch`` and implicit batch); TensorRT 11 removed the precision
     flags (``--fp16``, ``--int8``, ``--best``, ``--calib``): networks are strongly typed, so FP16 and INT8
     must be in the ONNX graph itself; and made CUDA graphs, spin-wait and excluded data transfers the
@@ -200,6 +201,8 @@ def trtexec_command(onnx_path: str, tensorrt: str | Sequence[int], *, engine_pat
         raise ValueError("the DLA runs FP16 or INT8 only: use --precision fp16 or int8 with a DLA core")
     engine_path = engine_path or str(Path(onnx_path).with_suffix(".engine"))
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
+    if v < (8, 0):
+        args.append("--explicitBatch")  # TensorRT 7's trtexec defaults to implicit batch, which ONNX cannot use
     if dynamic_batch is not None:
         if input_shape is None:
             raise ValueError("a dynamic batch needs the input shape (C, H, W after the batch axis)")
@@ -221,7 +224,7 @@ def trtexec_command(onnx_path: str, tensorrt: str | Sequence[int], *, engine_pat
         raise ValueError("TensorRT 11 removed calibration caches: export a Q/DQ (explicitly quantized) ONNX instead")
     # Both spellings take MiB; --workspace was deprecated in 8.4 and removed in 10.0.
     args.append(f"--workspace={workspace_mb}" if v < (8, 4) else f"--memPoolSize=workspace:{workspace_mb}")
-    if timing_cache:
+    if timing_cache and v >= (8, 0):  # timing caches arrived in TensorRT 8.0
         args.append(f"--timingCacheFile={timing_cache}")
     if dla_core is not None:
         args += [f"--useDLACore={dla_core}", "--allowGPUFallback"]
@@ -323,6 +326,9 @@ def build_engine(onnx_path: str, engine_path: str, *, precision: str = "fp16", w
     v = parse_version(trt.__version__)
     result = TensorRTResult(False, precision=precision, tensorrt_version=trt.__version__,
                             gpu=torch.cuda.get_device_name(0))
+    if v < (8, 0):  # build_serialized_network and timing caches arrived in 8.0
+        result.reason = f"TensorRT {trt.__version__} predates the builder API used here (8.0+): use the trtexec command"
+        return result
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if v < (10, 0) else 0

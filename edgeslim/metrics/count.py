@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
 __all__ = ["CountResult", "count"]
 
@@ -42,8 +42,15 @@ def _mha_macs(query, _key, _value, embed_dim, num_heads, qkv_weight, *_args, **_
     return projection + attention
 
 
+def _cpu_sdpa_macs(query, key, value, *_args, **_kwargs) -> int:
+    """MACs of ``F.scaled_dot_product_attention`` on the CPU (Q·Kᵀ and attention·V), which torch does not count."""
+    return sdpa_flop_count(query.shape, key.shape, value.shape) // 2
+
+
 # operator packet -> MACs formula taking the op's raw arguments (for ops torch does not count)
 _EXTRA_MACS = {aten._native_multi_head_attention: _mha_macs}
+if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+    _EXTRA_MACS[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_macs
 
 # Operators that only move or re-describe data: no arithmetic, reported as free.
 _FREE_OPS = {

@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from .cifar import CifarResNet, CifarVGG16, MCifarNet, PadShortcut
+from .vit import VisionTransformer
 
 __all__ = [
     "ZOO", "register_zoo", "build_model", "default_input_shape", "load_model", "LoadedModel",
     "save_checkpoint", "load_checkpoint", "CifarResNet", "CifarVGG16", "MCifarNet", "PadShortcut",
+    "VisionTransformer",
 ]
 
 CHECKPOINT_FORMAT = "edgeslim-checkpoint/1"
@@ -56,6 +58,8 @@ for _depth in (20, 32, 44, 56, 110):
     register_zoo(f"resnet{_depth}")(lambda num_classes=10, _d=_depth, **kw: CifarResNet(_d, num_classes, **kw))
 register_zoo("vgg16")(lambda num_classes=10, **kw: CifarVGG16(num_classes, **kw))
 register_zoo("mcifarnet")(lambda num_classes=10, **kw: MCifarNet(num_classes, **kw))
+# a small ViT for 32x32 inputs (patch 4, width 96, 6 blocks): the PatchDrop model
+register_zoo("vit_tiny")(lambda num_classes=10, **kw: VisionTransformer(num_classes, **kw))
 
 
 # torchvision models whose natural input is not 224x224
@@ -152,8 +156,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, spec: str, kwargs
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    if masks:
-        payload["masks"] = {k: v.detach().cpu() for k, v in masks.items()}
+    if masks:  # stored as booleans (a quarter of the bytes); loaded back as 0/1 floats
+        payload["masks"] = {k: torch.as_tensor(v).detach().to("cpu", torch.bool) for k, v in masks.items()}
     if training is not None:
         payload["training"] = training
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -173,8 +177,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
         model = apply_plan(model, payload["plan"])
     model.load_state_dict(payload["state_dict"])
     shape = tuple(payload["input_shape"]) if payload["input_shape"] else None
-    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"],
-                       payload.get("masks"))
+    masks = payload.get("masks")
+    masks = {k: v.float() for k, v in masks.items()} if masks else None
+    return LoadedModel(model, payload["spec"], payload["kwargs"], shape, payload["plan"], payload["meta"], masks)
 
 
 def load_model(spec: str, weights: str | None = None, num_classes: int | None = None,

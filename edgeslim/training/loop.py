@@ -153,6 +153,7 @@ class TrainState:
     wall_s: float = 0.0               # training wall time, summed over resumed sessions
     last_eval: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    batch_indices: torch.Tensor | None = None  # sample indices of the current batch, when the data set yields them
 
 
 class Callback:
@@ -169,6 +170,14 @@ class Callback:
 
     def on_epoch_start(self, state: TrainState) -> None:
         """Runs before an epoch; may replace ``state.train_set`` (e.g. with a pruned subset)."""
+
+    def forward(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Logits of this training batch computed differently (e.g. ViT patch dropping through
+        ``state.train_model``); ``None`` = the plain forward. At most one callback may answer."""
+
+    def targets(self, state: TrainState, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
+        """Soft targets (batch x classes) replacing the labels of this batch in ``state.criterion``
+        (e.g. label smoothing from some epoch on, LILAC's compensation); ``None`` = the labels."""
 
     def extra_loss(self, state: TrainState, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor | None:
         """A term added to the training loss of this batch (e.g. distillation, a regulariser)."""
@@ -258,7 +267,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 256
     correct = correct5 = seen = 0
     loss_sum = 0.0
     hits = counts = None
-    for x, y in loader:
+    for x, y, *_ in loader:  # a data set may also yield sample indices
         x, y = x.to(device), y.to(device)
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -413,12 +422,16 @@ def train_one_epoch(state: TrainState, callbacks: list[Callback], progress: bool
     seen = 0
     bar = tqdm(total=n, desc=f"epoch {state.epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress,
                leave=False)
-    for i, (x, y) in enumerate(loader):
+    for i, (x, y, *index) in enumerate(loader):  # a data set may also yield sample indices
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        state.batch_indices = index[0] if index else None
         state.scheduler.set(state.epoch + i / n, 1 / n)
         with torch.autocast(device.type, dtype=state.amp_dtype, enabled=state.amp_dtype is not None):
-            logits = state.train_model(x)
-            loss = state.criterion(logits, y)
+            logits = _one_answer(callbacks, "forward", state, x, y)
+            if logits is None:
+                logits = state.train_model(x)
+            soft = _one_answer(callbacks, "targets", state, x, y, logits)
+            loss = state.criterion(logits, y if soft is None else soft)
             for cb in callbacks:
                 extra = cb.extra_loss(state, x, y, logits)
                 if extra is not None:
@@ -444,3 +457,12 @@ def train_one_epoch(state: TrainState, callbacks: list[Callback], progress: bool
     return {"epoch": state.epoch + 1, "loss": loss_total / max(1, seen_total),
             "train_accuracy": 100.0 * correct_total / max(1, seen_total),
             "lr": opt.param_groups[0]["lr"], "samples": int(seen_total)}
+
+
+def _one_answer(callbacks: list[Callback], hook: str, *args):
+    """The answer of the one callback that overrides ``hook`` this batch (None when none does)."""
+    answers = [(type(cb).__name__, out) for cb in callbacks
+               if hasattr(cb, hook) and (out := getattr(cb, hook)(*args)) is not None]
+    if len(answers) > 1:
+        raise RuntimeError(f"callbacks {', '.join(n for n, _ in answers)} all override {hook}(); combine them into one")
+    return answers[0][1] if answers else None

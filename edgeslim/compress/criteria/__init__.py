@@ -60,6 +60,7 @@ def get_criterion(name: str | Criterion) -> Criterion:
 def _load_builtin() -> None:
     from . import magnitude  # noqa: F401  (registers l1, l2, random, bn_scale)
     from . import lda  # noqa: F401  (registers lda)
+    from . import mint, snacs  # noqa: F401  (registers mint, snacs)
 
 
 def activation_sites(model: nn.Module, group) -> list[tuple[str, torch.Tensor]]:
