@@ -7,7 +7,9 @@ For each model and channel ratio r, in ONE process, timed interleaved in ONNX Ru
                channels REMOVED from every prunable layer), round_to=None (its default); classifier ignored
   ours         edgeslim.prune(method="l1", target={"channels": 1 - r}) (1 - r = fraction KEPT, so the same
                nominal channel ratio as tp) with round_to = measured device rounding (DeviceRounding: the width
-               at or above the engine's count that the runtime executes fastest)
+               at or above the engine's count that the runtime executes fastest) and allocate="latency"
+               (channels ranked by L1 importance per measured ms per MAC; --allocate importance: by
+               importance alone)
   ours@tp-macs edgeslim.prune(target={"macs": MACs(tp) / MACs(dense)}, same rounding): matched MACs
 
 Reported per cell: MACs reduction (dense MACs / slim MACs), measured speed-up (dense p50 / slim p50),
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
     p.add_argument("--probe-runs", type=int, default=20, help="timed runs per width when probing a channel group")
     p.add_argument("--allocate", default="latency", choices=("latency", "importance"),
-                   help="edgeslim's channel allocation across groups: by importance per measured ms (default) "
+                   help="edgeslim's channel allocation across groups: by importance per measured ms per MAC (default) "
                         "or by importance alone")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")

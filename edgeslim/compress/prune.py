@@ -96,7 +96,11 @@ def _allocation(allocate: str, rounding: Any, target: Mapping[str, float]):
     if not callable(getattr(rounding, "channel_cost", None)):
         raise ValueError("allocate='latency' needs measured channel costs: pass round_to='device' with device='cpu' "
                          "(ONNX Runtime on this host) or round_to=edgeslim.runtime.channels.DeviceRounding(...)")
-    per = "macs" if set(target) == {"macs"} else "channel"
+    # A latency target buys ms: rank by importance per ms a channel costs. Any other target buys
+    # channels, MACs or parameters, whose reduction users read as a promise of speed: rank by
+    # importance per ms per MAC, so the MACs removed are those the runtime is slowest on and the
+    # measured speed-up keeps up with the MACs reduction.
+    per = "channel" if "latency" in target else "macs"
     return lambda group: rounding.channel_cost(group, per=per)
 
 
@@ -116,9 +120,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     measures the slim model and tightens until the measurement meets the target.
     ``allocate``: ``"importance"`` ranks all channels by normalised score alone; ``"latency"``
     (needs measured rounding: ``round_to="device"`` with ``device="cpu"``, or a ``DeviceRounding``)
-    ranks them by score per measured ms they cost on the runtime (per ms per MAC for a MACs target),
-    so the budget is taken from the groups the runtime spends the most time on (e.g. a
-    MobileNetV2 block's expand width, which drives two 1x1 convolutions and a depthwise one).
+    ranks them by score per measured ms per MAC they cost on the runtime (per ms for a latency
+    target), so channels go first where the runtime is slowest for the arithmetic they carry (e.g.
+    depthwise and memory-bound layers at high resolution) and speed-up keeps up with the MACs cut.
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
