@@ -210,13 +210,13 @@ def test_sliced_onnx_probe_equals_the_probe_at_that_width():
 
 
 def mixed_net() -> nn.Sequential:
-    """An inverted-residual block at 56x56 (depthwise, memory-bound: many ms per MAC) and, after a 4x
-    pooling, two plain 3x3 convolutions at 14x14 (compute-bound: few ms per MAC)."""
+    """A thin inverted-residual block at 56x56 (8 -> 96 -> 8: depthwise and memory-bound, many ms per
+    MAC) and, after a 4x pooling, two wide 3x3 convolutions at 14x14 (compute-bound, few ms per MAC)."""
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 96, 1), nn.ReLU(), nn.Conv2d(96, 96, 3, padding=1, groups=96), nn.ReLU(), nn.Conv2d(96, 32, 1),
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 96, 1), nn.ReLU(), nn.Conv2d(96, 96, 3, padding=1, groups=96), nn.ReLU(), nn.Conv2d(96, 8, 1),
         nn.AvgPool2d(4),
-        nn.Conv2d(32, 96, 3, padding=1), nn.ReLU(), nn.Conv2d(96, 32, 3, padding=1))
+        nn.Conv2d(8, 96, 3, padding=1), nn.ReLU(), nn.Conv2d(96, 96, 3, padding=1))
 
 
 def test_channel_cost_is_measured_where_the_runtime_spends_time(tmp_path):
@@ -225,9 +225,9 @@ def test_channel_cost_is_measured_where_the_runtime_spends_time(tmp_path):
     block = Group("block", 96, ["2", "4"], ["4", "6"])
     dense3x3 = Group("dense3x3", 96, ["8"], ["10"])
     per_channel = {g.id: rounding.channel_cost(g) for g in (block, dense3x3)}
-    assert per_channel["block"] > per_channel["dense3x3"] > 0, per_channel   # 2x the MACs, and memory-bound
+    assert per_channel["block"] > 0 and per_channel["dense3x3"] > 0, per_channel
     per_mac = {g.id: rounding.channel_cost(g, per="macs") for g in (block, dense3x3)}
-    assert per_mac["block"] > per_mac["dense3x3"] > 0, per_mac
+    assert per_mac["block"] > 2 * per_mac["dense3x3"] > 0, per_mac
     with pytest.raises(ValueError, match="per must be"):
         rounding.channel_cost(block, per="flops")
 
