@@ -7,7 +7,9 @@ For each model and channel ratio r, in ONE process, timed interleaved in ONNX Ru
                channels REMOVED from every prunable layer), round_to=None (its default); classifier ignored
   ours         edgeslim.prune(method="l1", target={"channels": 1 - r}) (1 - r = fraction KEPT, so the same
                nominal channel ratio as tp) with round_to = measured device rounding (DeviceRounding: the width
-               at or above the engine's count that the runtime executes fastest)
+               at or above the engine's count that the runtime executes fastest) and allocate="latency"
+               (channels ranked by L1 importance per measured ms per MAC; --allocate importance: by
+               importance alone)
   ours@tp-macs edgeslim.prune(target={"macs": MACs(tp) / MACs(dense)}, same rounding): matched MACs
 
 Reported per cell: MACs reduction (dense MACs / slim MACs), measured speed-up (dense p50 / slim p50),
@@ -66,10 +68,12 @@ def prune_tp(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module
     return slim
 
 
-def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding) -> tuple[nn.Module, dict]:
+def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding,
+               allocate: str = "latency") -> tuple[nn.Module, dict]:
     import edgeslim
 
-    result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False)
+    result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False,
+                            allocate=allocate)
     return result.model, dict(result.achieved)
 
 
@@ -88,7 +92,8 @@ def make_runner(model: nn.Module, example: torch.Tensor, runtime: str, device: s
 
 
 def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: int, threads: int | None,
-        table_path: str | None, log, probe_runs: int = 20, runtime: str = "ort", device: str = "cpu") -> list[dict]:
+        table_path: str | None, log, probe_runs: int = 20, runtime: str = "ort", device: str = "cpu",
+        allocate: str = "latency") -> list[dict]:
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -119,7 +124,7 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
                 variants[f"tp@{r}"] = (tp_model, {})
             timing[f"tp@{r}"] = time.perf_counter() - t
             t = time.perf_counter()
-            variants[f"ours@{r}"] = prune_ours(dense, example, {"channels": 1 - r}, rounding)
+            variants[f"ours@{r}"] = prune_ours(dense, example, {"channels": 1 - r}, rounding, allocate)
             timing[f"ours@{r}"] = time.perf_counter() - t
             log(f"{name} r={r}: pruned (tp {timing[f'tp@{r}']:.1f} s, ours {timing[f'ours@{r}']:.1f} s incl. probes)")
         dense_macs = count(dense, example).macs
@@ -128,7 +133,8 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
                 continue
             tp_macs = count(variants[f"tp@{r}"][0], example).macs
             t = time.perf_counter()
-            variants[f"ours-matched@{r}"] = prune_ours(dense, example, {"macs": tp_macs / dense_macs}, rounding)
+            variants[f"ours-matched@{r}"] = prune_ours(dense, example, {"macs": tp_macs / dense_macs}, rounding,
+                                                         allocate)
             timing[f"ours-matched@{r}"] = time.perf_counter() - t
         with tempfile.TemporaryDirectory(prefix="edgeslim-speedup-") as folder:
             runners, costs = {}, {}
@@ -185,6 +191,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
     p.add_argument("--probe-runs", type=int, default=20, help="timed runs per width when probing a channel group")
+    p.add_argument("--allocate", default="latency", choices=("latency", "importance"),
+                   help="edgeslim's channel allocation across groups: by importance per measured ms per MAC (default) "
+                        "or by importance alone")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)
@@ -205,8 +214,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     rows = run(args.models.split(","), [float(r) for r in args.ratios.split(",")], args.input, args.runs,
-               args.warmup, args.threads, args.table, log, args.probe_runs, args.runtime, args.device)
-    meta = {"runtime": args.runtime, "device": args.device, "batch": 1, "input": [1, 3, args.input, args.input],
+               args.warmup, args.threads, args.table, log, args.probe_runs, args.runtime, args.device, args.allocate)
+    meta = {"runtime": args.runtime, "device": args.device, "allocate": args.allocate, "batch": 1, "input": [1, 3, args.input, args.input],
             "runs": args.runs,
             "warmup": args.warmup, "threads": args.threads, "goal": f"speedup >= {GOAL} x macs_reduction",
             "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "torchvision": torchvision.__version__}

@@ -207,3 +207,48 @@ def test_sliced_onnx_probe_equals_the_probe_at_that_width():
                 want = small.eval()(*template.inputs)[0].numpy()
             assert got.shape == want.shape
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def mixed_net() -> nn.Sequential:
+    """A thin inverted-residual block at 56x56 (8 -> 96 -> 8: depthwise and memory-bound, many ms per
+    MAC) and, after a 4x pooling, two wide 3x3 convolutions at 14x14 (compute-bound, few ms per MAC)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 96, 1), nn.ReLU(), nn.Conv2d(96, 96, 3, padding=1, groups=96), nn.ReLU(), nn.Conv2d(96, 8, 1),
+        nn.AvgPool2d(4),
+        nn.Conv2d(8, 96, 3, padding=1), nn.ReLU(), nn.Conv2d(96, 96, 3, padding=1))
+
+
+def test_channel_cost_is_measured_where_the_runtime_spends_time(tmp_path):
+    x = torch.randn(1, 3, 56, 56)
+    rounding = DeviceRounding(mixed_net(), x, table=LatencyTable(path=tmp_path / "t.json"), runs=30)
+    block = Group("block", 96, ["2", "4"], ["4", "6"])
+    dense3x3 = Group("dense3x3", 96, ["8"], ["10"])
+    per_channel = {g.id: rounding.channel_cost(g) for g in (block, dense3x3)}
+    assert per_channel["block"] > 0 and per_channel["dense3x3"] > 0, per_channel
+    per_mac = {g.id: rounding.channel_cost(g, per="macs") for g in (block, dense3x3)}
+    assert per_mac["block"] > 2 * per_mac["dense3x3"] > 0, per_mac
+    with pytest.raises(ValueError, match="per must be"):
+        rounding.channel_cost(block, per="flops")
+
+
+def test_latency_allocation_takes_channels_where_they_cost_time(tmp_path):
+    import edgeslim
+
+    x = torch.randn(1, 3, 56, 56)
+    torch.manual_seed(0)
+    net = mixed_net().eval()
+    rounding = DeviceRounding(net, x, table=LatencyTable(path=tmp_path / "t.json"), runs=30)
+    widths = {}
+    for allocate in ("importance", "latency"):
+        result = edgeslim.prune(net, x, target={"channels": 0.6}, round_to=rounding, allocate=allocate, progress=False)
+        assert result.achieved["channels"] <= 0.6 + 1e-9
+        widths[allocate] = (result.model[4].out_channels, result.model[8].out_channels)
+    # Same channel budget; the latency allocation narrows the depthwise block (slow per MAC) more
+    # and the compute-bound 3x3 convolutions less.
+    assert widths["latency"][0] < widths["importance"][0], widths
+    assert widths["latency"][1] >= widths["importance"][1], widths
+    with pytest.raises(ValueError, match="allocate='latency' needs measured channel costs"):
+        edgeslim.prune(net, x, target={"channels": 0.6}, round_to=8, allocate="latency", progress=False)
+    with pytest.raises(ValueError, match="allocate must be"):
+        edgeslim.prune(net, x, target={"channels": 0.6}, allocate="speed", progress=False)

@@ -42,6 +42,9 @@ def test_prune_errors_are_one_clear_line(tmp_path, capsys):
     assert "closest reachable" in json.loads(capsys.readouterr().out)["error"]
     assert main(["prune", "zoo:resnet20", "--finetune-epochs", "2", "-o", str(tmp_path)]) == 2
     assert "--data" in capsys.readouterr().err
+    assert main(["prune", "zoo:resnet20", "--allocate", "latency", "--round-to", "8", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "allocate='latency' needs measured channel costs" in err and "round_to='device'" in err
 
 
 def test_inspect_reports_engine_coverage(capsys):

@@ -27,6 +27,9 @@ def add_parser(sub) -> None:
     p.add_argument("--round-to", help="keep channel counts multiples of N, or 'device' (the --device profile's)")
     p.add_argument("--device", help="device profile (for --round-to device; 'cpu' measures this host's CPU, also for "
                                     "--target latency=Xms)")
+    p.add_argument("--allocate", default="importance", choices=("importance", "latency"),
+                   help="rank channels across groups by importance alone (default), or by importance per measured "
+                        "ms per MAC on the runtime (needs --round-to device --device cpu)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="MODULE",
                    help="module paths whose channels are kept as they are")
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")
@@ -77,7 +80,8 @@ def run(args) -> dict:
         torch.manual_seed(seed)
         result = prune(model, example, method=args.method, target=args.target,
                        data=data.train_plain if data else None, round_to=round_to, device=args.device,
-                       ignore=args.ignore, min_keep=args.min_keep, progress=not args.json and dist.is_main)
+                       ignore=args.ignore, min_keep=args.min_keep, progress=not args.json and dist.is_main,
+                       allocate=args.allocate)
         slim, rank0_plan = result.model, dist.broadcast_object(result.plan.to_dict())
         if rank0_plan != result.plan.to_dict():  # a data-driven criterion scored differently on this rank
             slim = apply_plan(model, rank0_plan)

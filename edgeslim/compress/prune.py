@@ -87,11 +87,28 @@ def _broken_groups(model: nn.Module, graph: ChannelGraph, keep: Mapping[str, Any
     return search(list(keep))
 
 
+def _allocation(allocate: str, rounding: Any, target: Mapping[str, float]):
+    """The solver's ``channel_cost`` for ``allocate`` (None: rank by importance alone)."""
+    if allocate == "importance":
+        return None
+    if allocate != "latency":
+        raise ValueError(f"allocate must be 'importance' or 'latency', not {allocate!r}")
+    if not callable(getattr(rounding, "channel_cost", None)):
+        raise ValueError("allocate='latency' needs measured channel costs: pass round_to='device' with device='cpu' "
+                         "(ONNX Runtime on this host) or round_to=edgeslim.runtime.channels.DeviceRounding(...)")
+    # A latency target buys ms: rank by importance per ms a channel costs. Any other target buys
+    # channels, MACs or parameters, whose reduction users read as a promise of speed: rank by
+    # importance per ms per MAC, so the MACs removed are those the runtime is slowest on and the
+    # measured speed-up keeps up with the MACs reduction.
+    per = "channel" if "latency" in target else "macs"
+    return lambda group: rounding.channel_cost(group, per=per)
+
+
 def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], method: str = "l1",
           target: Mapping[str, float] | str | None = None, data: Dataset | DataLoader | None = None,
           round_to: int | str | Any = None, device: str | None = None, ignore: Iterable[Any] = (),
           criterion_options: Mapping[str, Any] | None = None, progress: bool = True, min_keep: float = 0.1,
-          verify: bool = True) -> PruneResult:
+          verify: bool = True, allocate: str = "importance") -> PruneResult:
     """Compress ``model`` to ``target`` by removing whole channels, and prove the cut.
 
     ``target``: ``{"channels"|"macs"|"params": ratio}`` (or ``"macs=0.5"``), the slim/dense ratio to
@@ -101,6 +118,11 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     device profile's preferred multiple) or ``f(group, n) -> n``. ``target={"latency": ms}`` (device
     ``"cpu"``) is estimated from measured probes; ``edgeslim.runtime.target.prune_to_latency`` also
     measures the slim model and tightens until the measurement meets the target.
+    ``allocate``: ``"importance"`` ranks all channels by normalised score alone; ``"latency"``
+    (needs measured rounding: ``round_to="device"`` with ``device="cpu"``, or a ``DeviceRounding``)
+    ranks them by score per measured ms per MAC they cost on the runtime (per ms for a latency
+    target), so channels go first where the runtime is slowest for the arithmetic they carry (e.g.
+    depthwise and memory-bound layers at high resolution) and speed-up keeps up with the MACs cut.
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
@@ -110,6 +132,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     target = parse_target(target)
     rounding = resolve_rounding(round_to, device, model, inputs)
+    channel_cost = _allocation(allocate, rounding, target)
     criterion = get_criterion(method)
     loader = as_loader(data)
     if criterion.needs_data and loader is None:
@@ -132,7 +155,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     t0 = time.perf_counter()
     bar.set_postfix_str("planning and cutting")
     context = {"model": model, "example_inputs": inputs, "device": device, "rounding": rounding}
-    solution = solve(graph, scores, target, rounding, min_keep, context=context)
+    solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
     plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
     bar.update()
     notes: list[str] = []
@@ -150,7 +173,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
                 g.reason = ("cutting it breaks the model (failed the equivalence check; a Python constant in "
                             "forward() probably pins its channel count)")
             notes.append(f"kept whole because cutting them failed the equivalence check: {', '.join(broken)}")
-            solution = solve(graph, scores, target, rounding, min_keep, context=context)
+            solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
             plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
         if not error < EQUIVALENCE_TOLERANCE:
             raise RuntimeError(

@@ -212,7 +212,11 @@ class Solution:
 
 def solve(graph: ChannelGraph, scores: Mapping[str, torch.Tensor], target: Mapping[str, float],
           round_to: Callable[[ChannelGroup, int], int] | None = None, min_keep: float = 0.1,
-          context: Mapping[str, Any] | None = None) -> Solution:
+          context: Mapping[str, Any] | None = None,
+          channel_cost: Callable[[ChannelGroup], float] | None = None) -> Solution:
+    """``channel_cost(group)``: what removing one of the group's channels saves (e.g. measured ms);
+    the global ranking then orders channels by importance per unit saved, so the budget is taken
+    where it buys the most. None: by importance alone."""
     if not 0 <= min_keep <= 1:
         raise ValueError(f"min_keep must lie in [0, 1], got {min_keep}")
     groups = graph.prunable_groups
@@ -221,6 +225,7 @@ def solve(graph: ChannelGraph, scores: Mapping[str, torch.Tensor], target: Mappi
     if not groups:
         raise ValueError("the model has no prunable channel groups (see edgeslim.trace(...).groups for the reasons)")
 
+    weight = _relative_costs(groups, channel_cost)
     # per-group order (least important first) and the global removal sequence
     order, removable = {}, []
     for gi, g in enumerate(groups):
@@ -234,7 +239,7 @@ def solve(graph: ChannelGraph, scores: Mapping[str, torch.Tensor], target: Mappi
         order[g.id] = rank
         floor = max(1, math.ceil(min_keep * g.size))
         for j, c in enumerate(rank[: g.size - floor]):
-            removable.append((norm[c], gi, j))
+            removable.append((norm[c] / weight[gi], gi, j))
     removable.sort()
     group_of = np.asarray([gi for _, gi, _ in removable], dtype=np.int64)
 
@@ -291,6 +296,21 @@ def solve(graph: ChannelGraph, scores: Mapping[str, torch.Tensor], target: Mappi
             notes.append(f"{key}: reached {got:.4f} for a target of {value:g}; the channel groups are too coarse "
                          "(or the rounding too large) to get closer")
     return Solution(keep, achieved, int(removed.sum()), notes)
+
+
+def _relative_costs(groups: list[ChannelGroup], channel_cost: Callable[[ChannelGroup], float] | None) -> np.ndarray:
+    """Each group's per-channel saving relative to the mean over groups (all ones without a cost)."""
+    if channel_cost is None:
+        return np.ones(len(groups))
+    costs = np.asarray([float(channel_cost(g)) for g in groups])
+    if not np.isfinite(costs).all() or (costs < 0).any():
+        raise ValueError("channel_cost must give a finite non-negative saving for every group")
+    positive = costs[costs > 0]
+    # A group whose channels save nothing measurable ranks as if it saved a tenth of the smallest
+    # measured saving: it is cut last, but still cut when the target needs it.
+    floor = positive.min() / 10 if positive.size else 1.0
+    costs = np.maximum(costs, floor)
+    return costs / costs.mean()
 
 
 def _refine(best: np.ndarray, start: np.ndarray, k: int, target: Mapping[str, float], cost_of, group_of: np.ndarray,

@@ -559,6 +559,24 @@ class DeviceRounding:
                 self._memo[key] = (max(fast) if self.prefer == "more" else min(fast), cost)
         return self._memo[key]
 
+    def channel_cost(self, group: Any, per: str = "channel") -> float:
+        """Measured ms that one of the group's channels costs in the model (all its repeats), from the
+        probe at the full width and at about half of it; ``per="macs"``: ms per MAC instead, i.e.
+        how expensive the runtime finds this group's arithmetic. The engine's allocation
+        (``prune(allocate="latency")``) takes channels where this is largest."""
+        if per not in ("channel", "macs"):
+            raise ValueError(f"per must be 'channel' or 'macs', not {per!r}")
+        spec = self.spec(group)
+        if spec.size < 2:
+            return 0.0
+        half = self.timed_as(max(1, spec.size // 2), spec.size)
+        lat = self.latencies(spec, [half, spec.size])
+        ms = max(0.0, lat[spec.size] - lat[half]) * spec.repeat_scale()
+        if per == "macs":
+            macs = spec.macs(spec.size) - spec.macs(half)
+            return ms / macs if macs > 0 else 0.0
+        return ms / (spec.size - half)
+
     def __call__(self, group: Any, n: int) -> int:
         n = int(n)
         spec = self.spec(group)
