@@ -11,7 +11,7 @@ import torch
 from edgeslim.compress.criteria.mint import global_threshold, mint_connection_prune
 from edgeslim.compress.masks import check_masks
 from edgeslim.models import build_model, load_checkpoint
-from edgeslim.training import TrainConfig, evaluate, fit
+from edgeslim.training import TrainConfig, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,11 +89,18 @@ def test_snacs_filter_scores_drive_the_engine(trained_resnet20, digits):
     for group in result.graph.prunable_groups:
         s = result.scores[group.id]
         assert s.shape == (group.size,) and bool((s >= 0).all()) and bool(torch.isfinite(s).all())
-    slim = result.model
-    fit(slim, digits.train, None, TrainConfig(epochs=1, lr=0.01, seed=0), progress=False)
-    # well above chance (10 %) after one short epoch; a 2-epoch base model pruned to half its MACs
-    # measured 53.9 % here (the quality comparison with l1/random is benchmarks/snacs_digits.py's job)
-    assert evaluate(slim, digits.test)["accuracy"] > 35.0
+    # the engine keeps, in every group it cut, the channels SNACS scored highest (ties aside), and the
+    # slim model computes what the masked original computes. Accuracy is not asserted here: one short
+    # fine-tune epoch swings by several points between machines, and on digits the comparison with
+    # l1/random (benchmarks/snacs_digits.py, README) shows SNACS choosing no better than either.
+    assert result.plan.groups, "nothing was pruned"
+    for entry in result.plan.groups:
+        s = result.scores[entry["id"]]
+        kept = torch.zeros(s.numel(), dtype=torch.bool)
+        kept[entry["keep"]] = True
+        assert 0 < int(kept.sum()) < s.numel()
+        assert s[kept].min() >= s[~kept].max(), entry["id"]
+    assert result.equivalence_error is not None and result.equivalence_error < 1e-4
 
 
 def test_mint_filter_scores_and_option_checks(trained_resnet20, digits):
