@@ -8,13 +8,7 @@ from edgeslim.training import Callback, TrainConfig, fit
 from edgeslim.training.caper import Caper, classifier_sensitivity, default_feature_layer, window_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from edgeslim.training.data_pruning import DynamicDataPruning, categorize, parse
 from edgeslim.training.per_sample import per_sample_pass
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,7 @@ from edgeslim.compress.verify import randomize_
 from edgeslim.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The shared 2-core machine is busy; one thread avoids OpenMP contention in tiny forward passes.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_keep(graph, ratio=0.5, seed=0):

@@ -17,12 +17,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from edgeslim.compress.verify import check_slimming, randomize_
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny inputs: OpenMP threads only contend on the shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = {

@@ -19,13 +19,7 @@ from edgeslim.export import export_onnx
 from edgeslim.models import MCifarNet, build_model, load_model, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors on a shared 2-core host: one thread avoids OpenMP contention (4-40x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def block(c_in=6, c_out=10, experts=4, density=0.3, **kw):

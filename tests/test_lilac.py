@@ -9,13 +9,7 @@ from edgeslim.training import TrainConfig, fit
 from edgeslim.training.lilac import Lilac, compensated_targets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_labels_are_revealed_on_schedule_with_balanced_pseudo_label_negatives(digits):

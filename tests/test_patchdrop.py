@@ -10,13 +10,7 @@ from edgeslim.training.data_pruning import DynamicDataPruning
 from edgeslim.training.patchdrop import PatchDrop, attention_saliency, kept_tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def vit():

@@ -6,13 +6,7 @@ from edgeslim.models import build_model
 from edgeslim.training import Callback, TrainConfig, evaluate, fit
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The machine is small and shared: one intra-op thread is much faster than two fighting for cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_fit_learns_digits(digits):

@@ -10,13 +10,7 @@ from edgeslim.training.efficiency import training_cost
 from edgeslim.training.per_sample import IndexedDataset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is small and shared: two intra-op threads fighting for busy cores are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny():
