@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..compress.criteria.activations import modules_called
 from ..data import targets_of
 from .loop import Callback, TrainState
 from .per_sample import EpochSubset, Resumable, per_sample_pass, plain_view, same_on_all_ranks, unwrap, with_indices
@@ -42,23 +43,11 @@ def default_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
     For the CIFAR ResNets this is the last block's ReLU, for VGG/M-CifarNet the last activation:
     the "last conv layer" features sigma(Wx + b) of the thesis.
     """
-    names = {m: n for n, m in model.named_modules()}
-    order: list[str] = []
+    def is_feature_map(_path: str, module: nn.Module, output) -> bool:
+        return (not list(module.children()) and isinstance(output, torch.Tensor) and output.dim() == 4
+                and not isinstance(module, _NOT_FEATURES))
 
-    def hook(mod, _inp, out):
-        if isinstance(out, torch.Tensor) and out.dim() == 4 and not isinstance(mod, _NOT_FEATURES):
-            order.append(names[mod])
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    order = modules_called(model, example, is_feature_map)
     if not order:
         raise ValueError("the model produces no 4-D feature map; name the feature layer(s) with layers=[...]")
     return order[-1]

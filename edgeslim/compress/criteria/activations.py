@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ...data import calibration_subset, make_loader
 
-__all__ = ["Activations", "collect_activations", "execution_order", "spatial_mean", "channel_dim", "prunable_layers"]
+__all__ = ["Activations", "collect_activations", "execution_order", "modules_called", "spatial_mean", "channel_dim", "prunable_layers"]
 
 KINDS = ("input", "output", "patch_means")
 
@@ -182,13 +182,15 @@ def collect_activations(model: nn.Module, data: Dataset | DataLoader, requests: 
     return Activations(arrays, torch.cat(targets).numpy(), order)
 
 
-def execution_order(model: nn.Module, example: torch.Tensor, names: Sequence[str] | None = None) -> list[str]:
-    """The conv/linear layers (or ``names``) in the order a forward pass first calls them."""
-    names = list(names) if names is not None else prunable_layers(model)
-    modules = dict(model.named_modules())
-    order: list[str] = []
-    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: order.append(n) if n not in order else None)
-               for n in names]
+def modules_called(model: nn.Module, example: torch.Tensor, accept: Callable[[str, nn.Module, Any], bool]) -> list[str]:
+    """Paths of the modules for which ``accept(path, module, output)`` holds, in the order one forward
+    pass (eval mode, no gradients) calls them; a module called twice is listed twice."""
+    calls: list[str] = []
+
+    def hook(path: str):
+        return lambda module, _inputs, output: calls.append(path) if accept(path, module, output) else None
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()]
     was_training = model.training
     model.eval()
     try:
@@ -198,4 +200,10 @@ def execution_order(model: nn.Module, example: torch.Tensor, names: Sequence[str
         for h in handles:
             h.remove()
         model.train(was_training)
-    return order
+    return calls
+
+
+def execution_order(model: nn.Module, example: torch.Tensor, names: Sequence[str] | None = None) -> list[str]:
+    """The conv/linear layers (or ``names``) in the order a forward pass first calls them."""
+    wanted = set(names) if names is not None else set(prunable_layers(model))
+    return list(dict.fromkeys(modules_called(model, example, lambda path, _m, _o: path in wanted)))

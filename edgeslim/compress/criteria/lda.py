@@ -36,6 +36,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.data import DataLoader, Dataset
 
+from .activations import modules_called
+
 __all__ = [
     "scatter_matrices", "fisher_ratios", "clean_neurons", "otsu_threshold", "linear_probe_accuracy",
     "select_top_neurons", "LatentSelection", "find_decision_layer", "latent_features", "deconv_utilities",
@@ -255,18 +257,7 @@ def find_decision_layer(model: nn.Module, example: torch.Tensor) -> str:
     Its input is the "final hidden layer" of the thesis. Models that end otherwise (a 1x1-conv
     classifier) must name their decision layer explicitly.
     """
-    order: list[str] = []
-    handles = [m.register_forward_hook(lambda mod, i, o, n=name: order.append(n))
-               for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    order = modules_called(model, example, lambda _path, module, _out: isinstance(module, nn.Linear))
     if not order:
         raise ValueError(f"{type(model).__name__} runs no nn.Linear, so its decision layer cannot be found: "
                          "pass decision='path.of.module' (the layer whose input is the final latent space)")
