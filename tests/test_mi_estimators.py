@@ -157,3 +157,16 @@ def test_bad_inputs_are_refused():
         split_groups(4, 5)
     with pytest.raises(ValueError, match="eps"):
         acmi(np.zeros(20), np.zeros(20), eps=0)
+
+
+@pytest.mark.parametrize("spread", [50, 10**6])  # keys dense enough for bincount / sparse enough to sort
+def test_nested_counts_match_separate_counts(spread):
+    from edgeslim.compress.criteria.mi_estimators import _key_counts, _nested_key_counts
+
+    rng = np.random.default_rng(0)
+    outer = rng.integers(0, spread, size=(3, 400)) * 7 + rng.integers(0, 3, size=(3, 400))
+    inner = rng.integers(0, 5, size=(1, 400))
+    n_outer, n_pair = _nested_key_counts(outer, inner, 5)
+    assert np.array_equal(n_outer, _key_counts(outer))
+    assert np.array_equal(n_pair, _key_counts(outer * 5 + inner))
+    assert n_pair.shape == outer.shape and (n_pair <= n_outer).all()
