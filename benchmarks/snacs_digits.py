@@ -10,7 +10,9 @@ dense one (batch 1, CPU, interleaved, median of many runs); scoring time.
 
     python benchmarks/snacs_digits.py                   # the README table (about an hour on 2 CPU cores)
     python benchmarks/snacs_digits.py --models resnet20 --targets 0.5 --methods snacs l1
+    python benchmarks/snacs_digits.py --models resnet20 --seeds 3   # fine-tune each pruned model 3 times
     python benchmarks/snacs_digits.py --json
+    python benchmarks/snacs_digits.py --stability   # how much SNACS's channel ranking depends on the seed
 
 Trained dense models are cached in ``--cache`` (default ``runs/snacs_digits``).
 """
@@ -24,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgeslim.compress import prune
@@ -64,8 +67,26 @@ def recalibrate_bn(model: torch.nn.Module, data) -> torch.nn.Module:
     return model.eval()
 
 
+def finetune(model, data, args, row: dict) -> torch.nn.Module:
+    """Fine-tune copies of ``model`` with seeds 0..args.seeds-1; their test accuracies go into ``row``.
+
+    One fine-tune per seed: on 360 test images one seed swings by about half a point.
+    """
+    accuracies = []
+    for seed in range(args.seeds):
+        tuned = copy.deepcopy(model)
+        fit(tuned, data.train, data.test, TrainConfig(epochs=args.finetune_epochs, lr=0.01, seed=seed),
+            progress=not args.json)
+        accuracies.append(evaluate(tuned.eval(), data.test)["accuracy"])
+    row.update(accuracy_finetuned_runs=accuracies, accuracy_finetuned=float(np.mean(accuracies)),
+               accuracy_finetuned_sd=float(np.std(accuracies)))
+    return tuned
+
+
 def run_one(dense, name: str, method: str, target: float, data, args, example, dense_onnx: str, tmp: Path) -> dict:
     options = {"per_class": args.per_class} if method in ("snacs", "mint") else {}
+    if method == "snacs" and args.n_hashes:
+        options["n_hashes"] = args.n_hashes
     if method == "mint" and args.mint_groups:
         options["groups"] = args.mint_groups  # the MST estimator per single filter is too slow on 2 cores
     result = prune(dense, example, method=method, target={"macs": target}, data=data.train_plain,
@@ -74,10 +95,7 @@ def run_one(dense, name: str, method: str, target: float, data, args, example, d
     row = {"model": name, "method": method, "target": target, "scoring_s": result.timing["scoring_s"],
            "accuracy_pruned": evaluate(slim, data.test)["accuracy"],
            "accuracy_bn_recalibrated": evaluate(recalibrate_bn(slim, data.train_plain), data.test)["accuracy"]}
-    tuned = copy.deepcopy(slim)
-    fit(tuned, data.train, data.test, TrainConfig(epochs=args.finetune_epochs, lr=0.01, seed=0), progress=not args.json)
-    tuned.eval()
-    row["accuracy_finetuned"] = evaluate(tuned, data.test)["accuracy"]
+    tuned = finetune(slim, data, args, row)
     cost = count(tuned, example)
     row.update(macs=cost.macs, params=cost.params)
     slim_onnx = export_onnx(tuned, example, tmp / f"{name}_{method}_{target}.onnx").path
@@ -88,6 +106,30 @@ def run_one(dense, name: str, method: str, target: float, data, args, example, d
     return row
 
 
+def seed_agreement(dense, example, data, per_class: int, n_hashes: int) -> float:
+    """Mean over channel groups of the Spearman correlation between SNACS's channel scores under seeds 0
+    and 1 (the seed draws the calibration images and the hashes): 1 = the ranking is the model's, 0 = noise."""
+    from scipy.stats import spearmanr
+
+    from edgeslim.compress import get_criterion, trace
+
+    graph, snacs = trace(dense, example), get_criterion("snacs")
+    a, b = (snacs.score(dense, graph, data.train_plain, per_class=per_class, n_hashes=n_hashes, seed=seed,
+                        progress=False) for seed in (0, 1))
+    return float(np.mean([spearmanr(a[g].numpy(), b[g].numpy())[0] for g in a]))
+
+
+def print_stability(models, data, example, cache: Path, per_class: int) -> None:
+    print(f"SNACS channel scores, seed 0 vs seed 1 ({per_class} calibration images per class): mean Spearman "
+          "correlation over channel groups\n")
+    print("| model | hash draws | seed-to-seed Spearman |\n|---|---|---|")
+    for name in models:
+        dense = dense_model(name, data, cache, progress=True)
+        for n_hashes in (1, 4, 8, 16):
+            print(f"| {name} | {n_hashes} | {seed_agreement(dense, example, data, per_class, n_hashes):.2f} |",
+                  flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet56"], choices=sorted(DENSE_RECIPES))
@@ -95,15 +137,24 @@ def main(argv=None) -> int:
     p.add_argument("--targets", nargs="+", type=float, default=[0.5, 0.3])
     p.add_argument("--per-class", type=int, default=100, help="calibration samples per class for snacs/mint")
     p.add_argument("--mint-groups", type=int, default=16, help="G for mint (0: one group per filter)")
+    p.add_argument("--n-hashes", type=int, help="hash draws averaged per SNACS score (default: the criterion's, 8; "
+                                                  "the thesis's estimator uses 1)")
     p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=1, help="fine-tunes per run (seeds 0..N-1): the table shows their "
+                                                          "mean and standard deviation")
     p.add_argument("--runs", type=int, default=300, help="latency runs per model (interleaved)")
     p.add_argument("--cache", default="runs/snacs_digits")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--stability", action="store_true",
+                   help="only measure how far SNACS's channel ranking depends on the seed, for 1-16 hash draws")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_data("digits")
     example = torch.randn(1, *data.input_shape)
     cache = Path(args.cache)
+    if args.stability:
+        print_stability(args.models, data, example, cache, args.per_class)
+        return 0
     rows, dense_rows = [], []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -112,6 +163,9 @@ def main(argv=None) -> int:
             cost = count(dense, example)
             dense_rows.append({"model": name, "accuracy": evaluate(dense, data.test)["accuracy"], "macs": cost.macs,
                                "params": cost.params})
+            # the same fine-tune on the unpruned model: the reference for "within 1 point of dense", since
+            # the extra epochs alone can lift a dense model that had not converged
+            finetune(dense, data, args, dense_rows[-1])
             dense_onnx = export_onnx(dense, example, tmp / f"{name}_dense.onnx").path
             for target in args.targets:
                 for method in args.methods:
@@ -122,21 +176,24 @@ def main(argv=None) -> int:
                     print(json.dumps(row), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps({"dense": dense_rows, "runs": rows, "finetune_epochs": args.finetune_epochs,
-                          "per_class": args.per_class,
+                          "per_class": args.per_class, "seeds": args.seeds, "n_hashes": args.n_hashes,
                           "mint_groups": args.mint_groups}))
         return 0
-    print(f"digits, fine-tune {args.finetune_epochs} epochs (lr 0.01, cosine); latency: ONNX Runtime CPU, batch 1, "
-          f"median of {args.runs} interleaved runs; snacs/mint: {args.per_class} calibration images per class, "
+    print(f"digits, fine-tune {args.finetune_epochs} epochs (lr 0.01, cosine; mean ± sd of {args.seeds} seed(s)); "
+          f"latency: ONNX Runtime CPU, batch 1, median of {args.runs} interleaved runs; snacs/mint: "
+          f"{args.per_class} calibration images per class, snacs with {args.n_hashes or 'the default'} hash draws, "
           f"mint with G = {args.mint_groups or 'one per filter'}\n")
     print("| model | method | target | acc. pruned | acc. BN-recal. | acc. fine-tuned | MACs | params | "
           "ORT p50 (ms) | speed-up | scoring (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for d in dense_rows:
-        print(f"| {d['model']} | dense | - | {d['accuracy']:.2f} | - | - | {d['macs'] / 1e6:.1f} M | "
+        print(f"| {d['model']} | dense | - | {d['accuracy']:.2f} | - | {d['accuracy_finetuned']:.2f} ± "
+              f"{d['accuracy_finetuned_sd']:.2f} | {d['macs'] / 1e6:.1f} M | "
               f"{d['params'] / 1e3:.1f} k | - | 1.00x | - |")
         for r in (r for r in rows if r["model"] == d["model"]):
             print(f"| {r['model']} | {r['method']} | macs={r['target']} | {r['accuracy_pruned']:.2f} | "
-                  f"{r['accuracy_bn_recalibrated']:.2f} | {r['accuracy_finetuned']:.2f} | {r['macs'] / 1e6:.1f} M | "
+                  f"{r['accuracy_bn_recalibrated']:.2f} | {r['accuracy_finetuned']:.2f} ± {r['accuracy_finetuned_sd']:.2f} | "
+                  f"{r['macs'] / 1e6:.1f} M | "
                   f"{r['params'] / 1e3:.1f} k | {r['latency_ms']:.3f} | {r['speedup']:.2f}x | {r['scoring_s']:.1f} |")
     return 0
 

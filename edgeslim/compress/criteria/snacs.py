@@ -37,7 +37,9 @@ class SNACS(Criterion):
     child filter of every layer that reads it (``channel_scores`` explains why the max). Options:
     ``per_class`` (calibration samples per class, default 100), ``groups`` (G), ``phi`` ("exp_w2",
     "one", "w", "w2"), ``reduce`` ("max" or "mean"), ``seed``, ``batch_size``, ``progress`` and the
-    estimator's ``eps``, ``z_occupancy``, ``c_h``, ``proj_dim``, ``n_hashes``. ``details`` keeps what
+    estimator's ``eps``, ``z_occupancy``, ``c_h``, ``proj_dim``, ``n_hashes`` (hash draws averaged per
+    score: 8 by default here, since ranking channels needs steadier estimates than the thesis's single
+    draw; ``connectivity.FILTER_N_HASHES``). ``details`` keeps what
     the last call measured. The thesis's connection granularity: ``snacs_connection_prune``.
     """
 
