@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--stability", action="store_true",
                    help="only measure how far SNACS's channel ranking depends on the seed, for 1-16 hash draws")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_data("digits")
     example = torch.randn(1, *data.input_shape)
