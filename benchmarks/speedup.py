@@ -45,7 +45,7 @@ from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import build_model
 from edgeslim.runtime import OrtRunner, TorchRunner, benchmark
-from edgeslim.runtime.channels import DeviceRounding, LatencyTable
+from edgeslim.runtime.channels import PROBE_RUNS, DeviceRounding, LatencyTable
 
 GOAL = 0.9
 
@@ -92,7 +92,7 @@ def make_runner(model: nn.Module, example: torch.Tensor, runtime: str, device: s
 
 
 def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: int, threads: int | None,
-        table_path: str | None, log, probe_runs: int = 20, runtime: str = "ort", device: str = "cpu",
+        table_path: str | None, log, probe_runs: int = PROBE_RUNS, runtime: str = "ort", device: str = "cpu",
         allocate: str = "latency") -> list[dict]:
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
@@ -190,7 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
-    p.add_argument("--probe-runs", type=int, default=20, help="timed runs per width when probing a channel group")
+    p.add_argument("--probe-runs", type=int, default=PROBE_RUNS,
+                   help=f"timed runs per width when probing a channel group (default {PROBE_RUNS})")
     p.add_argument("--allocate", default="latency", choices=("latency", "importance"),
                    help="edgeslim's channel allocation across groups: by importance per measured ms per MAC (default) "
                         "or by importance alone")

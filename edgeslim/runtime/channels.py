@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["LayerSpec", "GroupSpec", "LatencyTable", "DeviceRounding", "LatencyModel", "record_layers",
-           "candidate_widths", "default_cache_dir", "probe_latency"]
+           "candidate_widths", "default_cache_dir", "probe_latency", "PROBE_RUNS"]
 
 TABLE_FORMAT = 1
 # Bumped whenever the probe network changes, so that old measurements are not reused.
@@ -449,8 +449,14 @@ def _write_temp_onnx(data: bytes) -> str:
     return path
 
 
+# Timed runs per width when probing a group. The widths and the latency allocation are only as good as
+# these timings: with 20 runs, benchmarks/speedup.py --threads 1 met "speed-up >= 0.9 x MACs
+# reduction" in 8 of 12 cells; with 60, in 10 and 11 of 12 (two runs), for 3x the probing time.
+PROBE_RUNS = 60
+
+
 def probe_latency(spec: GroupSpec, widths: Sequence[int], runtime: str = "ort", device: str = "cpu",
-                  runs: int = 20, warmup: int = 3, threads: int | None = None, quantile: float = 10) -> dict[int, float]:
+                  runs: int = PROBE_RUNS, warmup: int = 3, threads: int | None = None, quantile: float = 10) -> dict[int, float]:
     """Latency (ms) of the group's probe at each width, all widths interleaved in one process.
 
     The statistic is a low percentile (``quantile``, default the 10th): on a busy machine other
@@ -504,7 +510,7 @@ class DeviceRounding:
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], runtime: str = "ort",
                  device: str = "cpu", table: LatencyTable | None = None, alignments: Sequence[int] = (8, 16, 32),
-                 tolerance: float = 0.02, prefer: str = "more", runs: int = 20, warmup: int = 3,
+                 tolerance: float = 0.02, prefer: str = "more", runs: int = PROBE_RUNS, warmup: int = 3,
                  threads: int | None = None, progress: bool = False):
         if prefer not in ("more", "fewer"):
             raise ValueError(f"prefer must be 'more' or 'fewer', not {prefer!r}")
