@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .connectivity import Connectivity
+from .connectivity import Connectivity, expand_grouped
 
 __all__ = [
     "connection_prune", "prune_order", "layer_masks", "sensitivity", "protected_filters", "svm_operating_curves",
@@ -77,17 +77,8 @@ def layer_masks(conn: Connectivity, weight_shape: Sequence[int], fraction: float
 def _dense_weight(module: nn.Module) -> np.ndarray:
     """The weight as (out, in * prod(kernel)) with zeros between conv groups (a grouped conv made dense)."""
     w = module.weight.detach().double().cpu()
-    groups = int(getattr(module, "groups", 1))
-    if groups == 1:
-        return w.reshape(w.shape[0], -1).numpy()
-    out_ch, in_per = w.shape[:2]
-    kernel = int(np.prod(w.shape[2:]))
-    dense = np.zeros((out_ch, in_per * groups, kernel))
-    per_out = out_ch // groups
-    for i in range(out_ch):
-        k = i // per_out
-        dense[i, k * in_per:(k + 1) * in_per] = w[i].reshape(in_per, kernel).numpy()
-    return dense.reshape(out_ch, -1)
+    w = w.reshape(w.shape[0], w.shape[1], -1).numpy()  # (out, in / groups, kernel)
+    return expand_grouped(w, int(getattr(module, "groups", 1)), 0.0).reshape(w.shape[0], -1)
 
 
 def sensitivity(next_weight: torch.Tensor | np.ndarray, conv_groups: int = 1) -> np.ndarray:
@@ -98,13 +89,7 @@ def sensitivity(next_weight: torch.Tensor | np.ndarray, conv_groups: int = 1) ->
     """
     w = torch.as_tensor(next_weight).detach().double().abs()
     w = w.reshape(w.shape[0], w.shape[1], -1).mean(2).numpy()  # (N_{l+2}, N_{l+1} / groups)
-    if conv_groups > 1:
-        out_ch, in_per = w.shape
-        full = np.zeros((out_ch, in_per * conv_groups))
-        per_out = out_ch // conv_groups
-        for i in range(out_ch):
-            full[i, (i // per_out) * in_per:(i // per_out + 1) * in_per] = w[i]
-        w = full
+    w = expand_grouped(w, conv_groups, 0.0)
     c = w.sum(1, keepdims=True)
     return (w / np.where(c > 0, c, 1.0)).sum(0)
 

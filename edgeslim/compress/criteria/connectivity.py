@@ -15,6 +15,7 @@ score per (child group, parent group) applies to every kernel between the two gr
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -28,7 +29,7 @@ from .mi_estimators import acmi_layer, mst_cmi_layer, split_groups
 
 __all__ = [
     "LayerPair", "Connectivity", "PHI_KINDS", "phi_from_weights", "input_pairs", "consecutive_pairs",
-    "score_pairs", "activation_requests", "resolve_groups",
+    "score_pairs", "connection_scores", "activation_requests", "resolve_groups",
 ]
 
 PHI_KINDS = ("one", "w", "w2", "exp_w2")
@@ -77,14 +78,27 @@ class Connectivity:
         for c, p in zip(*np.nonzero(pruned)):
             dense[np.ix_(self.child_groups[c], self.parent_groups[p])] = 0.0
         if self.conv_groups > 1:  # keep the kernels that exist: child i reads the inputs of its conv group
-            out_per_group = out_ch // self.conv_groups
-            local = np.empty((out_ch, in_per_group), dtype=np.float32)
-            for i in range(out_ch):
-                k = i // out_per_group
-                local[i] = dense[i, k * in_per_group:(k + 1) * in_per_group]
-            dense = local
+            dense = dense[np.arange(out_ch)[:, None], grouped_columns(out_ch, in_per_group, self.conv_groups)]
         mask = torch.from_numpy(dense)
         return mask.reshape(*mask.shape, *([1] * (len(weight_shape) - 2))).expand(*weight_shape).contiguous()
+
+
+def grouped_columns(out_ch: int, in_per_group: int, conv_groups: int) -> np.ndarray:
+    """(out_ch, in_per_group): for each output of a grouped convolution, the positions among all the
+    layer's inputs of the inputs it reads (those of its conv group)."""
+    group = np.arange(out_ch) // (out_ch // conv_groups)
+    return group[:, None] * in_per_group + np.arange(in_per_group)[None, :]
+
+
+def expand_grouped(a: np.ndarray, conv_groups: int, fill: float) -> np.ndarray:
+    """An array over (output, input of its conv group, ...) laid out over all the layer's inputs:
+    (out, in_per_group * conv_groups, ...), ``fill`` where an output reads nothing (other conv groups)."""
+    if conv_groups == 1:
+        return a
+    out_ch, in_per = a.shape[:2]
+    full = np.full((out_ch, in_per * conv_groups, *a.shape[2:]), fill, dtype=np.float64)
+    full[np.arange(out_ch)[:, None], grouped_columns(out_ch, in_per, conv_groups)] = a
+    return full
 
 
 def _conv_groups(module: nn.Module) -> int:
@@ -176,17 +190,9 @@ def phi_from_weights(weight: torch.Tensor, child_groups: Sequence[np.ndarray], p
         return None
     w = weight.detach().double().cpu()
     w = w.reshape(w.shape[0], w.shape[1], -1)
-    sq = (w ** 2).sum(2).numpy()  # (out, in / conv_groups)
-    if conv_groups > 1:  # place each child's kernels at its conv group's input positions
-        out_ch, in_per = sq.shape
-        full = np.full((out_ch, in_per * conv_groups), np.nan)
-        per_out = out_ch // conv_groups
-        for i in range(out_ch):
-            k = i // per_out
-            full[i, k * in_per:(k + 1) * in_per] = sq[i]
-        sq, per_kernel = full, w.shape[2]
-    else:
-        per_kernel = w.shape[2]
+    # (out, in): each child's kernels at its conv group's input positions, NaN where it has none
+    sq = expand_grouped((w ** 2).sum(2).numpy(), conv_groups, np.nan)
+    per_kernel = w.shape[2]
     rms = np.array([[math.sqrt(np.nanmean(sq[np.ix_(c, p)]) / per_kernel) if not np.all(np.isnan(sq[np.ix_(c, p)]))
                      else np.nan for p in parent_groups] for c in child_groups])
     lo, hi = np.nanmin(rms), np.nanmax(rms)
@@ -203,8 +209,6 @@ def score_pairs(model: nn.Module, acts: Activations, pairs: Sequence[LayerPair],
     ``estimator``: "acmi" (SNACS) or "mst" (MINT). ``phi`` (ACMI only): one of PHI_KINDS, or a mapping
     child layer -> (G_child, G_parent) array. ``estimator_options`` go to the estimator (eps, c_h ...).
     """
-    import time
-
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; use acmi or mst")
     fn = ESTIMATORS[estimator]
@@ -273,6 +277,22 @@ def collect_pairs(model: nn.Module, data, *, pairing: str = "input", layers: Seq
     return input_pairs(model, [n for n in acts.order if n in set(layers)]), acts
 
 
+def connection_scores(model: nn.Module, data, *, estimator: str, pairing: str, layers: Sequence[str] | None,
+                      groups: Any, per_class: int | None, seed: int, batch_size: int, device: str, progress: bool,
+                      estimator_options: Mapping[str, Any] | None, phi: str | Mapping[str, np.ndarray] = "exp_w2"
+                      ) -> tuple[dict[str, Connectivity], Activations, dict[str, float]]:
+    """``collect_pairs`` then ``score_pairs``, timed: (connectivity, activations, {activations_s, scoring_s})."""
+    t0 = time.perf_counter()
+    pairs, acts = collect_pairs(model, data, pairing=pairing, layers=layers, per_class=per_class, seed=seed,
+                                batch_size=batch_size, device=device, progress=progress)
+    timing = {"activations_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    conn = score_pairs(model, acts, pairs, estimator=estimator, groups=groups, phi=phi, seed=seed,
+                       progress=progress, estimator_options=estimator_options)
+    timing["scoring_s"] = time.perf_counter() - t0
+    return conn, acts, timing
+
+
 # --------------------------------------------------------------------------------------------------
 # Filter granularity: connectivity -> one score per channel of every channel group of the engine
 # --------------------------------------------------------------------------------------------------
@@ -324,8 +344,6 @@ def channel_scores(model: nn.Module, graph, data, *, estimator: str = "acmi", pe
     Returns ({group id: scores}, details). Groups that no conv/linear layer reads (e.g. read only by
     attention) get their producers' L1 norms instead and are listed in ``details["fallback_l1"]``.
     """
-    import time
-
     from .activations import collect_activations
 
     if reduce not in REDUCTIONS:

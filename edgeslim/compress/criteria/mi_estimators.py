@@ -101,6 +101,31 @@ def _check_groups(groups: Groups, n: int, name: str) -> list[np.ndarray]:
     return out
 
 
+def _layer_inputs(child, parent, child_groups: Groups | None, parent_groups: Groups | None, min_samples: int,
+                  estimator: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The checked (child, parent, child groups, parent groups) of a layer-pair estimator; groups
+    default to one per filter."""
+    child, parent = _as_2d(child, "child"), _as_2d(parent, "parent")
+    if len(parent) != len(child):
+        raise ValueError(f"child and parent activations must have the same samples ({len(child)} vs {len(parent)})")
+    if len(child) < min_samples:
+        raise ValueError(f"{estimator} needs at least {min_samples} samples, got {len(child)}")
+    cg = _check_groups(child_groups if child_groups is not None else split_groups(child.shape[1], None),
+                       child.shape[1], "child_groups")
+    pg = _check_groups(parent_groups if parent_groups is not None else split_groups(parent.shape[1], None),
+                       parent.shape[1], "parent_groups")
+    return child, parent, cg, pg
+
+
+def _single_pair(x, y, z) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """I(X; Y | Z) as a layer pair: child X as one group, parents [Y, Z] with Y as group 0 (and Z as group 1)."""
+    x, y = _as_2d(x, "x"), _as_2d(y, "y")
+    z = np.zeros((len(x), 0)) if z is None else _as_2d(z, "z")
+    parent = np.concatenate([y, z], axis=1)
+    groups = [np.arange(y.shape[1])] + ([np.arange(y.shape[1], parent.shape[1])] if z.shape[1] else [])
+    return x, parent, [np.arange(x.shape[1])], groups
+
+
 # --------------------------------------------------------------------------------------------------
 # Hash-based ACMI (SNACS)
 # --------------------------------------------------------------------------------------------------
@@ -247,18 +272,10 @@ def acmi_layer(child: np.ndarray, parent: np.ndarray, child_groups: Groups | Non
     of per-pair multipliers (see ``phi_from_weights`` in connectivity). Returns a float64 array
     (G_child, G_parent) in [0, 1] for phi in [0, 1]; columns not in ``parents_to_score`` are NaN.
     """
-    child, parent = _as_2d(child, "child"), _as_2d(parent, "parent")
+    child, parent, cg, pg = _layer_inputs(child, parent, child_groups, parent_groups, 8, "ACMI")
     n = len(child)
-    if len(parent) != n:
-        raise ValueError(f"child and parent activations must have the same samples ({n} vs {len(parent)})")
-    if n < 8:
-        raise ValueError(f"ACMI needs at least 8 samples, got {n}")
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    cg = _check_groups(child_groups if child_groups is not None else split_groups(child.shape[1], None),
-                       child.shape[1], "child_groups")
-    pg = _check_groups(parent_groups if parent_groups is not None else split_groups(parent.shape[1], None),
-                       parent.shape[1], "parent_groups")
     if n_hashes < 1:
         raise ValueError(f"n_hashes must be >= 1, got {n_hashes}")
     k = proj_dim or _auto_proj_dim(n)
@@ -318,11 +335,8 @@ def acmi(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None, *, phi: floa
 
     ``x`` (N, dx), ``y`` (N, dy), ``z`` (N, dz) or None (then the unconditional AMI).
     """
-    x, y = _as_2d(x, "x"), _as_2d(y, "y")
-    z = np.zeros((len(x), 0)) if z is None else _as_2d(z, "z")
-    parent = np.concatenate([y, z], axis=1)
-    groups = [np.arange(y.shape[1])] + ([np.arange(y.shape[1], parent.shape[1])] if z.shape[1] else [])
-    return float(acmi_layer(x, parent, [np.arange(x.shape[1])], groups, phi=phi, eps=eps,
+    x, parent, child_groups, parent_groups = _single_pair(x, y, z)
+    return float(acmi_layer(x, parent, child_groups, parent_groups, phi=phi, eps=eps,
                             z_occupancy=z_occupancy, c_h=c_h, proj_dim=proj_dim, n_hashes=n_hashes, seed=seed,
                             parents_to_score=[0])[0, 0])
 
@@ -422,16 +436,8 @@ def mst_cmi_layer(child: np.ndarray, parent: np.ndarray, child_groups: Groups | 
     G_parent) in [0, 1]; columns not in ``parents_to_score`` are NaN. ``memory_mb`` bounds the
     stack of distance matrices whose spanning trees are built together.
     """
-    child, parent = _as_2d(child, "child"), _as_2d(parent, "parent")
+    child, parent, cg, pg = _layer_inputs(child, parent, child_groups, parent_groups, 6, "the MST estimator")
     n_all = len(child)
-    if len(parent) != n_all:
-        raise ValueError(f"child and parent activations must have the same samples ({n_all} vs {len(parent)})")
-    if n_all < 6:
-        raise ValueError(f"the MST estimator needs at least 6 samples, got {n_all}")
-    cg = _check_groups(child_groups if child_groups is not None else split_groups(child.shape[1], None),
-                       child.shape[1], "child_groups")
-    pg = _check_groups(parent_groups if parent_groups is not None else split_groups(parent.shape[1], None),
-                       parent.shape[1], "parent_groups")
     rng = np.random.default_rng(seed)
     if standardize_inputs:
         child, parent = standardize(child), standardize(parent)
@@ -473,9 +479,6 @@ def mst_cmi_layer(child: np.ndarray, parent: np.ndarray, child_groups: Groups | 
 def mst_cmi(x: np.ndarray, y: np.ndarray, z: np.ndarray | None = None, *, seed: int = 0,
             standardize_inputs: bool = True) -> float:
     """MINT's MST estimate of the conditional geometric MI I(X; Y | Z) (Alg. 2-3), in [0, 1]."""
-    x, y = _as_2d(x, "x"), _as_2d(y, "y")
-    z = np.zeros((len(x), 0)) if z is None else _as_2d(z, "z")
-    parent = np.concatenate([y, z], axis=1)
-    groups = [np.arange(y.shape[1])] + ([np.arange(y.shape[1], parent.shape[1])] if z.shape[1] else [])
-    return float(mst_cmi_layer(x, parent, [np.arange(x.shape[1])], groups, seed=seed,
+    x, parent, child_groups, parent_groups = _single_pair(x, y, z)
+    return float(mst_cmi_layer(x, parent, child_groups, parent_groups, seed=seed,
                                standardize_inputs=standardize_inputs, parents_to_score=[0])[0, 0])

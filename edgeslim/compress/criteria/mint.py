@@ -10,7 +10,6 @@ estimated with the minimal-spanning-tree estimator (``mi_estimators.mst_cmi_laye
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ from torch import nn
 
 from . import Criterion, register_criterion
 from .connection import ConnectionResult, layer_masks
-from .connectivity import collect_pairs, criterion_scores, score_pairs
+from .connectivity import connection_scores, criterion_scores
 from .snacs import example_input
 
 __all__ = ["MINT", "mint_connection_prune", "global_threshold"]
@@ -67,16 +66,10 @@ def mint_connection_prune(model: nn.Module, data, *, delta: float | None = None,
     """
     from ..masks import mask_report
 
-    timing: dict[str, float] = {}
     modules = dict(model.named_modules())
-    t0 = time.perf_counter()
-    pairs, acts = collect_pairs(model, data, pairing=pairing, layers=layers, per_class=per_class, seed=seed,
-                                batch_size=batch_size, device=device, progress=progress)
-    timing["activations_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    conn = score_pairs(model, acts, pairs, estimator="mst", groups=groups, seed=seed, progress=progress,
-                       estimator_options=estimator_options)
-    timing["scoring_s"] = time.perf_counter() - t0
+    conn, acts, timing = connection_scores(model, data, estimator="mst", pairing=pairing, layers=layers,
+                                           groups=groups, per_class=per_class, seed=seed, batch_size=batch_size,
+                                           device=device, progress=progress, estimator_options=estimator_options)
     cutoff = global_threshold([c.scores for c in conn.values()], delta if delta is not None else None,
                               None if delta is not None else delta_quantile)
     caps = {n: float(gamma.get(n, 0.0)) if isinstance(gamma, Mapping) else float(gamma) for n in conn}

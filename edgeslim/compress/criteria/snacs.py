@@ -24,7 +24,7 @@ from . import Criterion, register_criterion
 from .activations import collect_activations
 from .connection import (LEVELS, ConnectionResult, layer_masks, protected_filters, sensitivity, solve_limits,
                          svm_operating_curves)
-from .connectivity import collect_pairs, criterion_scores, score_pairs
+from .connectivity import connection_scores, criterion_scores
 
 __all__ = ["SNACS", "snacs_connection_prune", "conv_fc_parameters", "example_input", "PROTECT_CANDIDATES"]
 
@@ -112,16 +112,11 @@ def snacs_connection_prune(model: nn.Module, data, *, tau: float = 0.5, pairing:
     """
     from ..masks import mask_report
 
-    timing: dict[str, float] = {}
     modules = dict(model.named_modules())
-    t0 = time.perf_counter()
-    pairs, acts = collect_pairs(model, data, pairing=pairing, layers=layers, per_class=per_class, seed=seed,
-                                batch_size=batch_size, device=device, progress=progress)
-    timing["activations_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    conn = score_pairs(model, acts, pairs, estimator="acmi", groups=groups, phi=phi, seed=seed,
-                       progress=progress, estimator_options=estimator_options)
-    timing["scoring_s"] = time.perf_counter() - t0
+    conn, acts, timing = connection_scores(model, data, estimator="acmi", pairing=pairing, layers=layers,
+                                           groups=groups, per_class=per_class, seed=seed, batch_size=batch_size,
+                                           device=device, progress=progress, estimator_options=estimator_options,
+                                           phi=phi)
     children = list(conn)
     nxt = _next_layers(acts.order, modules)
     lam = {n: sensitivity(modules[nxt[n]].weight, int(getattr(modules[nxt[n]], "groups", 1)))
