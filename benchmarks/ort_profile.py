@@ -28,18 +28,16 @@ import edgeslim
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import build_model
+from edgeslim.runtime.runners import ort_session_options
 
 
 def profile_nodes(path: str, example: np.ndarray, runs: int, threads: int | None) -> list[dict]:
     """[{name, op, us, output_shape}] in execution order, median over ``runs`` profiled runs."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    opts = ort_session_options(threads)  # as OrtRunner times models
     opts.enable_profiling = True
     opts.profile_file_prefix = str(Path(path).with_suffix(""))
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OrtRunner times models
-    if threads:
-        opts.intra_op_num_threads = threads
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: example}
     for _ in range(runs):

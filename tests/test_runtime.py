@@ -85,6 +85,25 @@ class _Sleeper(Runner):
         time.sleep(0.002 if self.calls % 3 else 0.030)
 
 
+def test_ort_workers_spin_only_during_a_run(onnx_pair):
+    """Spinning (ONNX Runtime's default) keeps per-node hand-offs cheap; stopping it when run()
+    returns keeps interleaved sessions from stealing each other's cores."""
+    from edgeslim.runtime.runners import ort_session_options
+
+    spin = ort_session_options(threads=2)
+    assert spin.get_session_config_entry("session.force_spinning_stop") == "1"
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: ONNX Runtime's default, spinning on
+        spin.get_session_config_entry("session.intra_op.allow_spinning")
+    assert spin.intra_op_num_threads == 2
+    sleep = ort_session_options(allow_spinning=False)
+    assert sleep.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(ValueError, match="optimization"):
+        ort_session_options(optimization="max")
+    runner = OrtRunner(onnx_pair["small"], threads=2)
+    runner.prepare()
+    assert runner.time_once() > 0
+
+
 def test_wide_spread_is_flagged():
     res = benchmark(_Sleeper(), runs=30, warmup=0, memory=False, max_spread=0.2)
     assert res.latency_ms.p90 > 2 * res.latency_ms.p50

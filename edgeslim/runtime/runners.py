@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 __all__ = ["Runner", "TorchRunner", "OrtRunner", "TensorRTRunner", "ort_providers", "resolve_device",
-           "runner_for", "RUNTIMES", "tensorrt_available"]
+           "runner_for", "RUNTIMES", "tensorrt_available", "ort_session_options"]
 
 RUNTIMES = ("torch", "ort", "trt")
 
@@ -261,20 +261,48 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
                "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
 
 
+def ort_session_options(threads: int | None = None, allow_spinning: bool = True, optimization: str = "all"):
+    """ONNX Runtime session options as edgeslim times models (see :class:`OrtRunner` for why the
+    workers spin only while a run is in progress)."""
+    import onnxruntime as ort
+
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+    if optimization not in levels:
+        raise ValueError(f"optimization must be one of {', '.join(levels)} (got {optimization!r})")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = levels[optimization]
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    if allow_spinning:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
+    else:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OrtRunner(Runner):
     """An ONNX model in ONNX Runtime.
 
     ``inputs``: arrays (or tensors) to feed, by position; by default random data shaped as the graph
     declares, with any dynamic dimension taken from ``input_shape`` (or 1).
-    ``allow_spinning=False`` makes idle worker threads sleep: with several sessions on a small CPU,
-    spinning threads of the idle session steal time from the running one (measured on 2 cores).
+    Worker threads spin while ``run`` is in progress and stop spinning as soon as it returns
+    (``session.force_spinning_stop``). Spinning is ONNX Runtime's default: without it every node
+    pays a wake-up hand-off, which costs small, pruned models most. Stopping at the end of the run
+    keeps the idle workers of one session from stealing cores from another session timed
+    interleaved with it. On 2 cores this reproduces the latency of a default session timed alone,
+    where ``allow_spinning=False`` understated a slim ResNet-50's speed-up by about 10 %
+    (``benchmarks/ort_threads.py``).
     """
 
     runtime = "ort"
 
     def __init__(self, model_path: str | os.PathLike, inputs: Sequence[Any] | None = None,
                  input_shape: Sequence[int] | None = None, device: str = "cpu", providers: Sequence[str] | None = None,
-                 threads: int | None = None, allow_spinning: bool = False, optimization: str = "all", seed: int = 0):
+                 threads: int | None = None, allow_spinning: bool = True, optimization: str = "all", seed: int = 0):
         super().__init__(device)
         self.path = str(model_path)
         if not os.path.isfile(self.path):
@@ -286,22 +314,7 @@ class OrtRunner(Runner):
         self.input_shape, self.seed = tuple(input_shape) if input_shape else None, seed
 
     def _session_options(self):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                  "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
-        if self.optimization not in levels:
-            raise ValueError(f"optimization must be one of {', '.join(levels)} (got {self.optimization!r})")
-        opts.graph_optimization_level = levels[self.optimization]
-        if self.threads:
-            opts.intra_op_num_threads = int(self.threads)
-        if not self.allow_spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return opts
+        return ort_session_options(self.threads, self.allow_spinning, self.optimization)
 
     def _feeds(self, session) -> dict[str, np.ndarray]:
         graph_inputs = session.get_inputs()
