@@ -1,6 +1,7 @@
 """benchmarks/speedup.py --quick: the published table's script runs end to end on tiny inputs
 (about a minute on a quiet 2-core machine, so marked slow)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,5 +31,26 @@ def test_speedup_quick_runs_and_reports_every_cell(tmp_path):
         assert r["macs"] < r["dense_macs"] and r["macs_reduction"] > 1
         assert r["speedup"] > 0 and r["speedup_over_macs"] == pytest.approx(r["speedup"] / r["macs_reduction"])
         assert isinstance(r["goal_met"], bool)
+        if (os.cpu_count() or 1) > 1:  # dense also timed on one thread, to expose a neighbour holding a core
+            assert r["dense_parallel_speedup"] > 0
     assert out["meta"]["runtime"] == "ort" and out["meta"]["input"] == [1, 3, 32, 32]
     assert json.loads((tmp_path / "t.json").read_text())["entries"], "the probes' table was not written"
+
+
+@pytest.mark.skipif(not hasattr(edgeslim, "prune") or not callable(getattr(edgeslim, "prune", None)),
+                    reason="the slimming engine has not landed")
+def test_ort_threads_compares_every_setting_both_ways():
+    """benchmarks/ort_threads.py, the evidence for OrtRunner's thread setting, on tiny inputs."""
+    script = SCRIPT.parent / "ort_threads.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", "resnet18", "--input", "32", "--runs", "3",
+                           "--warmup", "1", "--threads", "2", "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout)["rows"]
+    cells = {(r["setting"], r["timing"], r["variant"]) for r in rows}
+    variants = {"dense", "tp@0.5", "ours@0.5", "tp@0.7", "ours@0.7"}
+    assert cells == {(s, t, v) for s in ("no-spin", "spin-in-run", "default") for t in ("interleaved", "alone")
+                     for v in variants}
+    for r in rows:
+        assert r["p50_ms"] > 0
+        assert (r["macs_reduction"] == 1) == (r["variant"] == "dense")
+        assert r["speedup_over_macs"] == pytest.approx(r["speedup"] / r["macs_reduction"])
