@@ -90,7 +90,7 @@ def test_device_rounding_picks_fast_widths_and_caches_them(tmp_path, monkeypatch
     saved = json.loads((tmp_path / "cpu-ort.json").read_text())
     assert saved["runtime"] == "ort" and len(saved["entries"]) == 1  # three identical blocks share one probe
     # Candidates 61 and 64: 61 is timed through its bucket's representative (63).
-    assert set(next(iter(saved["entries"].values()))) == {"63", "64"}
+    assert [set(batch) for batch in next(iter(saved["entries"].values()))] == [{"63", "64"}]
 
     # A second rounding on the same table measures nothing and decides the same.
     import edgeslim.runtime.channels as channels
@@ -123,6 +123,22 @@ def test_table_from_another_host_is_ignored(tmp_path):
     data["host"]["runtime_version"] = "0.0.0"
     path.write_text(json.dumps(data))
     assert LatencyTable(path=path).get("abc", [8]) is None
+
+
+def test_table_compares_widths_only_within_one_batch(tmp_path):
+    """Two batches timed at different moments (here: the second on a slower machine) are never
+    mixed: asking for widths that no single batch holds means measuring them together again."""
+    path = tmp_path / "t.json"
+    table = LatencyTable(path=path)
+    table.put("g", {16: 1.0, 32: 2.0})
+    table.put("g", {24: 3.0, 32: 4.0})
+    assert table.get("g", [16, 32]) == {16: 1.0, 32: 2.0}
+    assert table.get("g", [24, 32]) == {24: 3.0, 32: 4.0}
+    assert table.get("g", [32]) == {32: 4.0}  # the latest batch that has it
+    assert table.get("g", [16, 24]) is None
+    table.save()
+    assert LatencyTable(path=path).get("g", [16, 24]) is None
+    assert LatencyTable(path=path).get("g", [24, 32]) == {24: 3.0, 32: 4.0}
 
 
 def test_latency_model_estimates_a_narrowed_model(tmp_path):

@@ -23,7 +23,7 @@ def test_round_to_device_on_this_cpu_uses_measured_widths(cache):
     result = edgeslim.prune(model, X, target={"channels": 0.6}, round_to="device", device="cpu", progress=False)
     table = json.loads(cache.read_text())
     assert table["runtime"] == "ort" and table["entries"], "no probe was measured"
-    measured = {int(w) for row in table["entries"].values() for w in row}
+    measured = {int(w) for batches in table["entries"].values() for batch in batches for w in batch}
     widths = [len(g["keep"]) for g in result.plan.groups]
     assert widths, "nothing was pruned"
     for n, g in zip(widths, result.plan.groups):

@@ -39,9 +39,9 @@ from torch import nn
 __all__ = ["LayerSpec", "GroupSpec", "LatencyTable", "DeviceRounding", "LatencyModel", "record_layers",
            "candidate_widths", "default_cache_dir", "probe_latency", "PROBE_RUNS"]
 
-TABLE_FORMAT = 1
-# Bumped whenever the probe network changes, so that old measurements are not reused.
-PROBE_VERSION = 5
+TABLE_FORMAT = 2  # 2: entries hold batches of widths measured together
+# Bumped whenever the probe network or the way it is timed changes, so that old measurements are not reused.
+PROBE_VERSION = 6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,10 +310,13 @@ def _host_fingerprint(runtime: str, threads: int | None) -> dict[str, Any]:
 
 
 class LatencyTable:
-    """Probe latencies for one device and runtime, ``{signature: {width: ms}}``, kept in a JSON file.
+    """Probe latencies for one device and runtime, kept in a JSON file as
+    ``{signature: [batch, ...]}``, each batch ``{width: ms}`` timed together, interleaved.
 
-    A file written on another CPU, runtime version or thread count is ignored (and replaced), so a
-    table never mixes machines.
+    Latencies are only ever compared within one batch: the machine's speed can change between two
+    batches (on a shared host a neighbour can take a core for minutes), and a difference across
+    batches measured in different states is noise, not cost. A file written on another CPU, runtime
+    version or thread count is ignored (and replaced), so a table never mixes machines.
     """
 
     def __init__(self, device: str = "cpu", runtime: str = "ort", path: str | os.PathLike | None = None,
@@ -321,14 +324,14 @@ class LatencyTable:
         self.device, self.runtime, self.threads = device, runtime, threads
         self.path = Path(path) if path else default_cache_dir() / f"{device}-{runtime}.json"
         self.host = _host_fingerprint(runtime, threads)
-        self.entries: dict[str, dict[str, float]] = {}
+        self.entries: dict[str, list[dict[str, float]]] = {}
         if self.path.is_file():
             try:
                 data = json.loads(self.path.read_text())
             except (OSError, json.JSONDecodeError):
                 data = {}
             if data.get("format") == TABLE_FORMAT and data.get("host") == self.host:
-                self.entries = {k: dict(v) for k, v in data.get("entries", {}).items()}
+                self.entries = {k: [dict(batch) for batch in v] for k, v in data.get("entries", {}).items()}
 
     _open: dict[tuple[str, str], "LatencyTable"] = {}
 
@@ -343,13 +346,16 @@ class LatencyTable:
         return cls._open[key]
 
     def get(self, signature: str, widths: Iterable[int]) -> dict[int, float] | None:
-        """Cached latencies for all of ``widths``, or None when any is missing."""
-        row = self.entries.get(signature, {})
-        found = {n: row[str(n)] for n in widths if str(n) in row}
-        return found if len(found) == len(set(widths)) else None
+        """Cached latencies for all of ``widths`` from one batch (the latest that has them all), or
+        None when no batch does."""
+        for batch in reversed(self.entries.get(signature, [])):
+            if all(str(n) in batch for n in widths):
+                return {n: batch[str(n)] for n in widths}
+        return None
 
     def put(self, signature: str, measured: dict[int, float]) -> None:
-        self.entries.setdefault(signature, {}).update({str(n): float(ms) for n, ms in measured.items()})
+        """Add one batch of widths timed together."""
+        self.entries.setdefault(signature, []).append({str(n): float(ms) for n, ms in measured.items()})
 
     def save(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -624,12 +630,8 @@ class LatencyModel:
         key = (spec.signature(), n)
         if key not in self._saving:
             width = r.timed_as(n, spec.size)
-            full = r.table.get(spec.signature(), [spec.size]) or {}
-            narrow = r.table.get(spec.signature(), [width]) or {}
-            if spec.size not in full or width not in narrow:
-                measured = r.latencies(spec, [width, spec.size])
-                full, narrow = measured, measured
-            self._saving[key] = max(0.0, full[spec.size] - narrow[width]) * spec.repeat_scale()
+            lat = r.latencies(spec, [width, spec.size])
+            self._saving[key] = max(0.0, lat[spec.size] - lat[width]) * spec.repeat_scale()
         return self._saving[key]
 
     def estimate(self, groups: Sequence[Any], widths: Mapping[str, int]) -> float:
