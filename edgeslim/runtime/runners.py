@@ -294,7 +294,7 @@ class OrtRunner(Runner):
     pays a wake-up hand-off, which costs small, pruned models most. Stopping at the end of the run
     keeps the idle workers of one session from stealing cores from another session timed
     interleaved with it. On 2 cores this reproduces the latency of a default session timed alone,
-    where ``allow_spinning=False`` understated a slim ResNet-50's speed-up by about 10 %
+    where ``allow_spinning=False`` understated slim ResNet-50s' speed-ups by 3-13 %
     (``benchmarks/ort_threads.py``).
     """
 
