@@ -12,13 +12,20 @@ def add_parser(sub) -> None:
     p.add_argument("--method", default="l1")
     p.add_argument("--runs", type=int, default=200, help="timed runs per model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round-to", default="device", choices=("device", "none"),
+                   help="device (default): channel counts measured fast in ONNX Runtime on this CPU; none: as ranked")
+    p.add_argument("--allocate", default=None, choices=("latency", "importance"),
+                   help="channels across layers by importance per measured ms (default with --round-to device) "
+                        "or by importance alone (default with --round-to none)")
 
 
 def run(args) -> dict:
     from ..demo import run_demo
 
+    round_to = None if args.round_to == "none" else args.round_to
+    allocate = args.allocate or ("latency" if round_to else "importance")
     return run_demo(args.output, epochs=args.epochs, finetune_epochs=args.finetune_epochs, method=args.method,
-                    runs=args.runs, seed=args.seed, progress=not args.json)
+                    runs=args.runs, seed=args.seed, progress=not args.json, round_to=round_to, allocate=allocate)
 
 
 def render(r: dict) -> None:
@@ -28,6 +35,8 @@ def render(r: dict) -> None:
     print(f"{'MACs':<14}{human(d['macs']):>14}{human(s['macs']):>14}")
     print(f"{'params':<14}{human(d['params']):>14}{human(s['params']):>14}")
     print(f"{'latency p50':<14}{d['latency_ms']['p50']:>12.3f}ms{s['latency_ms']['p50']:>12.3f}ms")
+    if r.get("round_to") == "device":
+        print(f"\nchannel counts: measured fast in ONNX Runtime on this CPU (allocation by {r['allocate']})")
     print(f"\nONNX Runtime CPU, batch 1: slim is {r['speedup']:.2f}x faster (p50); "
           f"ONNX parity max |diff| {r['onnx']['max_abs_diff']:.1e}")
     for note in r["notes"]:
