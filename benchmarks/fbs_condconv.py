@@ -81,10 +81,10 @@ def costs(model: torch.nn.Module, size: int) -> dict:
 def ort_runner(path: Path, x: torch.Tensor, threads: int, repeat: int = 1):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    from edgeslim.runtime.runners import ort_session_options
+
+    opts = ort_session_options(threads)  # as OrtRunner; at the default one thread there is no worker pool to spin
     opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     xs = [x[i:i + 1].numpy() for i in range(len(x))] if repeat > 1 else [x.numpy()]
