@@ -39,6 +39,7 @@ from speedup import prune_ours, prune_tp  # noqa: E402
 from edgeslim.export import export_onnx  # noqa: E402
 from edgeslim.metrics import count  # noqa: E402
 from edgeslim.models import build_model  # noqa: E402
+from edgeslim.runtime.latency import interleaved_samples  # noqa: E402
 
 SETTINGS = {"no-spin": {"session.intra_op.allow_spinning": "0"},
             "spin-in-run": {"session.force_spinning_stop": "1"},
@@ -65,31 +66,16 @@ def session_run(path: str, example: np.ndarray, config: dict, threads: int | Non
     return timed
 
 
-def interleaved(timers: dict, runs: int, warmup: int) -> dict[str, float]:
-    for timer in timers.values():
-        for _ in range(warmup):
-            timer()
-    samples = {k: [] for k in timers}
-    order = list(timers)
-    for i in range(runs):
-        for k in (order if i % 2 == 0 else order[::-1]):
-            samples[k].append(timers[k]())
-    return {k: float(np.median(v)) for k, v in samples.items()}
-
-
 def alone(paths: dict, example: np.ndarray, config: dict, threads: int | None, runs: int, warmup: int,
           rounds: int = 5) -> dict[str, float]:
     """Each model in a session of its own, the only one alive while it is timed. The runs are split
     into ``rounds`` blocks per model, taken in turn, so a neighbour who takes a core for a few seconds
     spoils one block of each model rather than every run of one."""
     samples: dict[str, list[float]] = {k: [] for k in paths}
-    for r in range(rounds):
+    for _ in range(rounds):
         for k, path in paths.items():
-            timer = session_run(path, example, config, threads)
-            for _ in range(warmup):
-                timer()
-            samples[k] += [timer() for _ in range(-(-runs // rounds))]
-            del timer
+            samples[k] += interleaved_samples({k: session_run(path, example, config, threads)}, -(-runs // rounds),
+                                              warmup)[k]
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
@@ -117,8 +103,9 @@ def run(name: str, side: int, runs: int, warmup: int, threads: int | None, log) 
         for setting, config in SETTINGS.items():
             log(f"{name}: {setting}, {len(paths)} models, {runs} runs each, interleaved then alone")
             timers = {k: session_run(p, example.numpy(), config, threads) for k, p in paths.items()}
-            medians = {"interleaved": interleaved(timers, runs, warmup)}
-            del timers
+            samples = interleaved_samples(timers, runs, warmup)
+            medians = {"interleaved": {k: float(np.median(v)) for k, v in samples.items()}}
+            del timers  # no session of this setting is alive while the models are timed alone
             medians["alone"] = alone(paths, example.numpy(), config, threads, runs, warmup)
             for mode, med in medians.items():
                 for k in models:

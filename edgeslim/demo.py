@@ -25,10 +25,12 @@ __all__ = ["run_demo"]
 def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20", epochs: int = 8,
              finetune_epochs: int = 4, target: dict[str, float] | None = None, method: str = "l1",
              runs: int = 200, seed: int = 0, progress: bool = True, round_to: str | None = "device",
-             allocate: str = "latency") -> dict[str, Any]:
-    """``round_to="device"`` with ``allocate="latency"`` (the defaults) chooses channel counts that
-    ONNX Runtime on this CPU runs fast, from timed probes; without them the slim model has half the
-    MACs but widths that break ORT's blocked kernels, and is no faster than dense here."""
+             allocate: str | None = None) -> dict[str, Any]:
+    """``round_to="device"`` (the default) chooses channel counts that ONNX Runtime on this CPU runs
+    fast, from timed probes, and ``allocate`` defaults to "latency" with it ("importance" without);
+    without them the slim model has half the MACs but widths that break ORT's blocked kernels, and
+    is no faster than dense here."""
+    allocate = allocate or ("latency" if round_to else "importance")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = target or {"macs": 0.5}

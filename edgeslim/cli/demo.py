@@ -22,10 +22,9 @@ def add_parser(sub) -> None:
 def run(args) -> dict:
     from ..demo import run_demo
 
-    round_to = None if args.round_to == "none" else args.round_to
-    allocate = args.allocate or ("latency" if round_to else "importance")
     return run_demo(args.output, epochs=args.epochs, finetune_epochs=args.finetune_epochs, method=args.method,
-                    runs=args.runs, seed=args.seed, progress=not args.json, round_to=round_to, allocate=allocate)
+                    runs=args.runs, seed=args.seed, progress=not args.json,
+                    round_to=None if args.round_to == "none" else args.round_to, allocate=args.allocate)
 
 
 def render(r: dict) -> None:

@@ -471,13 +471,13 @@ def probe_latency(spec: GroupSpec, widths: Sequence[int], runtime: str = "ort", 
     """
     import numpy as np
 
-    from .latency import _interleave
+    from .latency import interleaved_samples
 
     runners = {n: _probe_runner(spec, n, runtime, device, threads) for n in sorted(set(widths))}
     try:
         for r in runners.values():
             r.prepare()
-        samples = _interleave({n: r.time_once for n, r in runners.items()}, runs, warmup)
+        samples = interleaved_samples({n: r.time_once for n, r in runners.items()}, runs, warmup)
     finally:
         for r in runners.values():
             r.close()

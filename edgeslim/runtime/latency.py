@@ -16,8 +16,8 @@ import numpy as np
 if TYPE_CHECKING:
     from .runners import Runner
 
-__all__ = ["LatencyStats", "BenchResult", "stats_from_samples", "interleaved_latency", "benchmark",
-           "DEFAULT_MAX_SPREAD"]
+__all__ = ["LatencyStats", "BenchResult", "stats_from_samples", "interleaved_samples", "interleaved_latency",
+           "benchmark", "DEFAULT_MAX_SPREAD"]
 
 # (p90 - p50) / p50 above this: the machine was too noisy to trust differences of a few per cent.
 DEFAULT_MAX_SPREAD = 0.2
@@ -49,8 +49,8 @@ def stats_from_samples(ms: list[float] | np.ndarray) -> LatencyStats:
                         float(a.mean()), float(a.std()), int(a.size))
 
 
-def _interleave(timers: dict[str, Callable[[], float]], runs: int, warmup: int, progress: bool = False,
-                desc: str = "timing") -> dict[str, list[float]]:
+def interleaved_samples(timers: dict[str, Callable[[], float]], runs: int, warmup: int, progress: bool = False,
+                        desc: str = "timing") -> dict[str, list[float]]:
     """Call each timer ``warmup`` times, then ``runs`` times round-robin; returns the samples (ms)."""
     if runs < 1:
         raise ValueError(f"runs must be at least 1 (got {runs})")
@@ -81,7 +81,7 @@ def interleaved_latency(fns: dict[str, Callable[[], object]], runs: int = 100, w
             return (time.perf_counter() - t0) * 1e3
         return timer
 
-    samples = _interleave({k: wall_clock(fn) for k, fn in fns.items()}, runs, warmup)
+    samples = interleaved_samples({k: wall_clock(fn) for k, fn in fns.items()}, runs, warmup)
     return {k: stats_from_samples(v) for k, v in samples.items()}
 
 
@@ -128,7 +128,7 @@ def benchmark(runners: "Runner | dict[str, Runner]", runs: int = 100, warmup: in
         peaks[key] = runner.measure_memory() if memory else None
         if not memory:
             runner.prepare()
-    samples = _interleave({k: r.time_once for k, r in named.items()}, runs, warmup, progress=progress)
+    samples = interleaved_samples({k: r.time_once for k, r in named.items()}, runs, warmup, progress=progress)
     results = {}
     for key, runner in named.items():
         stats = stats_from_samples(samples[key])

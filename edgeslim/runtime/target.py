@@ -34,7 +34,7 @@ def ort_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup:
     """(latency of ``model``, latency of ``reference`` timed interleaved with it) in ms, ONNX Runtime
     on this CPU; ``quantile`` of the samples (50: the median)."""
     from ..export import export_onnx
-    from .latency import _interleave
+    from .latency import interleaved_samples
     from .runners import OrtRunner
 
     with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as folder:
@@ -46,7 +46,7 @@ def ort_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup:
                 warnings.simplefilter("ignore")
                 path = export_onnx(m.eval(), example, Path(folder) / f"{key}.onnx", simplify=False).path
             runners[key] = OrtRunner(path, inputs=[example], threads=threads).prepare()
-        samples = _interleave({k: r.time_once for k, r in runners.items()}, runs, warmup)
+        samples = interleaved_samples({k: r.time_once for k, r in runners.items()}, runs, warmup)
     ms = {k: float(np.percentile(v, quantile)) for k, v in samples.items()}
     return ms["model"], ms.get("reference")
 
