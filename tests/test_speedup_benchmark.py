@@ -54,3 +54,38 @@ def test_ort_threads_compares_every_setting_both_ways():
         assert r["p50_ms"] > 0
         assert (r["macs_reduction"] == 1) == (r["variant"] == "dense")
         assert r["speedup_over_macs"] == pytest.approx(r["speedup"] / r["macs_reduction"])
+
+
+def _width_floor_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("width_floor", SCRIPT.parent / "width_floor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_width_floor_cuts_every_group_to_the_width():
+    import torch
+    import torchvision
+
+    x = torch.randn(1, 3, 32, 32)
+    dense = torchvision.models.mobilenet_v2().eval()
+    slim = _width_floor_module().uniform_width(dense, x, 8)
+    widths = [g.size for g in edgeslim.trace(slim, (x,)).prunable_groups]
+    assert widths and max(widths) == 8
+    assert slim.features[0][0].out_channels == 8 and slim.classifier[1].out_features == 1000
+
+
+def test_width_floor_reports_the_goal_beside_the_floor():
+    """benchmarks/width_floor.py on tiny inputs: every width timed beside dense and Torch-Pruning."""
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "width_floor.py"), "--quick", "--widths", "8,16",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    rows = {r["variant"]: r for r in out["rows"]}
+    assert list(rows) == ["dense", "tp@0.7", "width 8", "width 16"]
+    assert rows["width 8"]["macs"] < rows["width 16"]["macs"] < rows["dense"]["macs"]
+    assert out["floor"] in ("width 8", "width 16")
+    tp = rows["tp@0.7"]
+    assert out["goal_ms_at_tp_macs"] == pytest.approx(rows["dense"]["p50_ms"] / (0.9 * tp["macs_reduction"]))

@@ -1,0 +1,128 @@
+"""How fast can channel pruning make a model on this runtime? Every channel group cut to one width.
+
+For each width w (default 8, 16, 24, 32, 48, 64), the model with every prunable channel group cut to min(w, its
+size) channels, physically, by edgeslim's engine (which channels are kept does not matter for
+latency); beside it dense and Torch-Pruning at ``--tp-ratio``. All are exported to ONNX and timed
+interleaved in ONNX Runtime (CPU, batch 1, median).
+
+Why: a group keeps time costs that do not shrink with its width (a node's fixed cost, kernels that
+need whole channel blocks), so latency has a floor. The fastest uniform width approximates it: a
+pruned model with more channels everywhere does more work through the same nodes. The script also
+prints the latency that issue 8's goal (speed-up >= 0.9 x MACs reduction) demands at Torch-Pruning's
+MACs; when that lies near or below the floor, no choice of channel counts can meet it.
+
+    python benchmarks/width_floor.py                          # mobilenet_v2, ONNX Runtime's default threads
+    python benchmarks/width_floor.py --threads 1 --model resnet50
+    python benchmarks/width_floor.py --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speedup import GOAL, ONE_THREAD, make_runner, parallel_check, parallel_note, prune_tp  # noqa: E402
+
+from edgeslim.compress import apply_plan, make_plan, trace  # noqa: E402
+from edgeslim.metrics import count  # noqa: E402
+from edgeslim.models import build_model  # noqa: E402
+from edgeslim.runtime import benchmark  # noqa: E402
+
+
+def uniform_width(model: torch.nn.Module, example: torch.Tensor, width: int) -> torch.nn.Module:
+    """``model`` with every prunable channel group cut to ``min(width, size)`` channels."""
+    graph = trace(model, (example,))
+    keep = {g.id: list(range(width)) for g in graph.prunable_groups if g.size > width}
+    return apply_plan(model, make_plan(graph, keep)).eval()
+
+
+def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, warmup: int,
+        threads: int | None) -> dict:
+    torch.manual_seed(0)
+    example = torch.randn(1, 3, side, side)
+    dense = build_model(name if ":" in name else f"torchvision:{name}").eval()
+    variants = {"dense": dense, f"tp@{tp_ratio}": prune_tp(dense, example, tp_ratio)}
+    for w in widths:
+        variants[f"width {w}"] = uniform_width(dense, example, w)
+    with tempfile.TemporaryDirectory(prefix="edgeslim-floor-") as folder:
+        runners = {k: make_runner(m, example, "ort", "cpu", folder, k.replace(" ", "-"), threads)
+                   for k, m in variants.items()}
+        if parallel_check("ort", threads):
+            runners[ONE_THREAD] = make_runner(dense, example, "ort", "cpu", folder, ONE_THREAD, 1)
+        results = benchmark(runners, runs=runs, warmup=warmup, memory=False, progress=True)
+    d = results["dense"].latency_ms
+    one = results.pop(ONE_THREAD, None)
+    dense_macs = count(dense, example).macs
+    rows = []
+    for key, res in results.items():
+        macs = count(variants[key], example).macs
+        rows.append({"model": name, "variant": key, "macs": macs, "dense_macs": dense_macs,
+                     "macs_reduction": dense_macs / macs, "p50_ms": res.latency_ms.p50, "dense_p50_ms": d.p50,
+                     "speedup": d.p50 / res.latency_ms.p50, "spread": res.latency_ms.spread,
+                     "dense_parallel_speedup": one.latency_ms.p50 / d.p50 if one else None})
+    for r in rows:
+        r["speedup_over_macs"] = r["speedup"] / r["macs_reduction"]
+    tp = rows[1]
+    floor = min(rows[2:], key=lambda r: r["p50_ms"]) if widths else None
+    return {"rows": rows, "goal_ms_at_tp_macs": d.p50 / (GOAL * tp["macs_reduction"]),
+            "tp_macs_reduction": tp["macs_reduction"], "floor": floor and floor["variant"]}
+
+
+def print_table(out: dict, tp_ratio: float, file=sys.stdout) -> None:
+    header = ("variant", "MACs (G)", "MACs red.", "p50 (ms)", "speed-up", "speed-up/MACs red.", "spread")
+    print("| " + " | ".join(header) + " |", file=file)
+    print("|" + "---|" * len(header), file=file)
+    for r in out["rows"]:
+        print(f"| {r['variant']} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | {r['p50_ms']:.3f} | "
+              f"{r['speedup']:.2f}× | {r['speedup_over_macs']:.2f} | {r['spread']:.2f} |", file=file)
+    gain = out["rows"][0]["dense_parallel_speedup"]
+    if gain:
+        print(f"\ndense: {gain:.2f}× faster than on one thread", file=file)
+    floor = next((r for r in out["rows"] if r["variant"] == out["floor"]), None)
+    print(f"\nthe goal at Torch-Pruning's MACs (r = {tp_ratio}, {out['tp_macs_reduction']:.2f}× fewer) needs "
+          f"p50 <= {out['goal_ms_at_tp_macs']:.3f} ms" +
+          (f"; the fastest uniform width ({floor['variant']}, {floor['macs_reduction']:.2f}× fewer MACs) runs "
+           f"{floor['p50_ms']:.3f} ms" if floor else ""), file=file)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mobilenet_v2", help="torchvision name or edgeslim spelling")
+    p.add_argument("--widths", default="8,16,24,32,48,64", help="uniform channel counts, comma-separated")
+    p.add_argument("--tp-ratio", type=float, default=0.7, help="Torch-Pruning's ratio for the reference row")
+    p.add_argument("--input", type=int, default=224)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 32x32 input, few runs")
+    p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.input, args.runs, args.warmup = 32, 5, 1
+    t0 = time.perf_counter()
+    widths = [int(w) for w in args.widths.split(",") if w]
+    out = run(args.model, widths, args.tp_ratio, args.input, args.runs, args.warmup, args.threads)
+    import onnxruntime
+
+    out["meta"] = {"model": args.model, "input": [1, 3, args.input, args.input], "threads": args.threads,
+                   "runs": args.runs, "warmup": args.warmup, "tp_ratio": args.tp_ratio,
+                   "onnxruntime": onnxruntime.__version__, "wall_s": time.perf_counter() - t0}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print_table(out, args.tp_ratio)
+        print(f"({out['meta']['wall_s']:.0f} s, ORT {onnxruntime.__version__})")
+    note = parallel_note(out["rows"][:1], args.threads)
+    if note:
+        print(note, file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
