@@ -68,8 +68,8 @@ def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, war
                      "dense_parallel_speedup": one.latency_ms.p50 / d.p50 if one else None})
     for r in rows:
         r["speedup_over_macs"] = r["speedup"] / r["macs_reduction"]
-    tp = rows[1]
-    floor = min(rows[2:], key=lambda r: r["p50_ms"]) if widths else None
+    tp = next(r for r in rows if r["variant"].startswith("tp@"))
+    floor = min((r for r in rows if r["variant"].startswith("width ")), key=lambda r: r["p50_ms"], default=None)
     return {"rows": rows, "goal_ms_at_tp_macs": d.p50 / (GOAL * tp["macs_reduction"]),
             "tp_macs_reduction": tp["macs_reduction"], "floor": floor and floor["variant"]}
 
@@ -81,7 +81,7 @@ def print_table(out: dict, tp_ratio: float, file=sys.stdout) -> None:
     for r in out["rows"]:
         print(f"| {r['variant']} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | {r['p50_ms']:.3f} | "
               f"{r['speedup']:.2f}× | {r['speedup_over_macs']:.2f} | {r['spread']:.2f} |", file=file)
-    gain = out["rows"][0]["dense_parallel_speedup"]
+    gain = out["rows"][0]["dense_parallel_speedup"]  # the same on every row
     if gain:
         print(f"\ndense: {gain:.2f}× faster than on one thread", file=file)
     floor = next((r for r in out["rows"] if r["variant"] == out["floor"]), None)
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     else:
         print_table(out, args.tp_ratio)
         print(f"({out['meta']['wall_s']:.0f} s, ORT {onnxruntime.__version__})")
-    note = parallel_note(out["rows"][:1], args.threads)
+    note = parallel_note(out["rows"][:1], args.threads)  # one row: the dense gain is the same on all
     if note:
         print(note, file=sys.stderr if args.json else sys.stdout)
     return 0
