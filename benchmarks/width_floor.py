@@ -62,12 +62,11 @@ def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, war
     rows = []
     for key, res in results.items():
         macs = count(variants[key], example).macs
+        reduction, speedup = dense_macs / macs, d.p50 / res.latency_ms.p50
         rows.append({"model": name, "variant": key, "macs": macs, "dense_macs": dense_macs,
-                     "macs_reduction": dense_macs / macs, "p50_ms": res.latency_ms.p50, "dense_p50_ms": d.p50,
-                     "speedup": d.p50 / res.latency_ms.p50, "spread": res.latency_ms.spread,
+                     "macs_reduction": reduction, "p50_ms": res.latency_ms.p50, "dense_p50_ms": d.p50,
+                     "speedup": speedup, "speedup_over_macs": speedup / reduction, "spread": res.latency_ms.spread,
                      "dense_parallel_speedup": one.latency_ms.p50 / d.p50 if one else None})
-    for r in rows:
-        r["speedup_over_macs"] = r["speedup"] / r["macs_reduction"]
     tp = next(r for r in rows if r["variant"].startswith("tp@"))
     floor = min((r for r in rows if r["variant"].startswith("width ")), key=lambda r: r["p50_ms"], default=None)
     return {"rows": rows, "goal_ms_at_tp_macs": d.p50 / (GOAL * tp["macs_reduction"]),

@@ -231,8 +231,8 @@ def _nested_key_counts(outer: np.ndarray, inner: np.ndarray, k_inner: int) -> tu
     keys = outer * k_inner + inner
     flat = keys.ravel()
     top = int(flat.max()) + 1 if flat.size else 0
-    if top <= _BINCOUNT_SPARSITY * flat.size:
-        return _key_counts(outer), _key_counts(keys)
+    if top <= _BINCOUNT_SPARSITY * flat.size:  # dense key space: count by bincount (``top`` is known)
+        return _key_counts(outer), np.bincount(flat, minlength=top)[keys]
     pairs, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
     outer_of_pair = pairs // k_inner
     outer_id = np.cumsum(np.r_[True, outer_of_pair[1:] != outer_of_pair[:-1]]) - 1
