@@ -9,7 +9,8 @@ For each model and channel ratio r, in ONE process, timed interleaved in ONNX Ru
                nominal channel ratio as tp) with round_to = measured device rounding (DeviceRounding: the width
                at or above the engine's count that the runtime executes fastest) and allocate="latency"
                (channels ranked by L1 importance per measured ms per MAC; --allocate importance: by
-               importance alone)
+               importance alone; --allocate measured: both, the slim model that runs faster kept, and
+               the table says which)
   ours@tp-macs edgeslim.prune(target={"macs": MACs(tp) / MACs(dense)}, same rounding): matched MACs
 
 Reported per cell: MACs reduction (dense MACs / slim MACs), measured speed-up (dense p50 / slim p50),
@@ -44,6 +45,7 @@ import torch
 import torchvision
 from torch import nn
 
+from edgeslim.compress.prune import ALLOCATIONS
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import build_model
@@ -73,11 +75,12 @@ def prune_tp(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module
 
 def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding,
                allocate: str = "latency") -> tuple[nn.Module, dict]:
+    """The slim model and what to report of it: achieved ratios, the allocation asked for and the one used."""
     import edgeslim
 
     result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False,
                             allocate=allocate)
-    return result.model, dict(result.achieved)
+    return result.model, {"achieved": dict(result.achieved), "allocate": allocate, "allocation": result.allocation}
 
 
 RUNTIMES = ("ort", "torch", "torch-compile")
@@ -161,7 +164,7 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
                          "dense_macs": dense_macs, "params": costs[key].params, "dense_params": costs["dense"].params,
                          "macs_reduction": macs_red, "p50_ms": res.latency_ms.p50, "dense_p50_ms": d.p50,
                          "speedup": speedup, "speedup_over_macs": speedup / macs_red,
-                         "spread": res.latency_ms.spread, "dense_spread": d.spread, "achieved": variants[key][1],
+                         "spread": res.latency_ms.spread, "dense_spread": d.spread, **variants[key][1],
                          "prune_s": timing.get(key), "goal_met": speedup >= GOAL * macs_red,
                          "dense_parallel_speedup": parallel})
     return rows
@@ -199,7 +202,9 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
                   file=out)
             continue
         mark = "" if r["variant"] == "tp" else (" ✓" if r["goal_met"] else " ✗")
-        print(f"| {r['model']} | {r['ratio']:.1f} | {r['variant']} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | "
+        # allocate="measured" chose one allocation per cell: say which
+        variant = r["variant"] + (f" ({r['allocation']})" if r.get("allocate") == "measured" else "")
+        print(f"| {r['model']} | {r['ratio']:.1f} | {variant} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | "
               f"{r['p50_ms']:.2f} | {r['speedup']:.2f}× | {r['speedup_over_macs']:.2f}{mark} | {r['spread']:.2f} |",
               file=out)
     dense = {r["model"]: r for r in rows if "error" not in r}
@@ -224,9 +229,9 @@ def main(argv=None) -> int:
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
     p.add_argument("--probe-runs", type=int, default=PROBE_RUNS,
                    help=f"timed runs per width when probing a channel group (default {PROBE_RUNS})")
-    p.add_argument("--allocate", default="latency", choices=("latency", "importance"),
-                   help="edgeslim's channel allocation across groups: by importance per measured ms per MAC (default) "
-                        "or by importance alone")
+    p.add_argument("--allocate", default="latency", choices=ALLOCATIONS,
+                   help="edgeslim's channel allocation across groups: by importance per measured ms per MAC (default), "
+                        "by importance alone, or measured (both, the faster slim model kept)")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)

@@ -1,5 +1,6 @@
 """Runtime-aware channel counts: probes, the cached latency table, and the rounding they drive."""
 import json
+import re
 
 import numpy as np
 
@@ -268,3 +269,30 @@ def test_latency_allocation_takes_channels_where_they_cost_time(tmp_path):
         edgeslim.prune(net, x, target={"channels": 0.6}, round_to=8, allocate="latency", progress=False)
     with pytest.raises(ValueError, match="allocate must be"):
         edgeslim.prune(net, x, target={"channels": 0.6}, allocate="speed", progress=False)
+
+    # measured: both allocations cut, timed whole, the faster kept (and said so)
+    result = edgeslim.prune(net, x, target={"channels": 0.6}, round_to=rounding, allocate="measured", progress=False)
+    note = next(n for n in result.notes if n.startswith("allocate='measured'"))
+    chosen = re.match(r"allocate='measured': (\w+) allocation kept \(importance ([\d.]+) ms, latency ([\d.]+) ms", note)
+    assert chosen, note
+    assert result.allocation == chosen[1]
+    assert (result.model[4].out_channels, result.model[8].out_channels) == widths[chosen[1]]
+    importance_ms, latency_ms = float(chosen[2]), float(chosen[3])
+    assert (chosen[1] == "latency") == (latency_ms < importance_ms * (1 - rounding.tolerance)), note
+    with pytest.raises(ValueError, match="allocate='measured' needs measured channel costs"):
+        edgeslim.prune(net, x, target={"channels": 0.6}, round_to=8, allocate="measured", progress=False)
+
+
+def test_time_models_times_whole_models_on_the_rounding_runtime(tmp_path):
+    import edgeslim
+
+    x = torch.randn(1, 3, 56, 56)
+    torch.manual_seed(0)
+    net = mixed_net().eval()
+    rounding = DeviceRounding(net, x, table=LatencyTable(path=tmp_path / "t.json"), runs=30)
+    slim = edgeslim.prune(net, x, target={"macs": 0.25}, round_to=8, progress=False).model
+    ms = rounding.time_models({"dense": net, "slim": slim}, x)
+    assert set(ms) == {"dense", "slim"} and all(v > 0 for v in ms.values()), ms
+    assert ms["slim"] < ms["dense"], ms  # 4x fewer MACs, on widths that are multiples of 8
+    with pytest.raises(ValueError, match="single-input"):
+        rounding.time_models({"dense": net}, (x, x))

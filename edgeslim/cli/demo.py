@@ -14,9 +14,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--round-to", default="device", choices=("device", "none"),
                    help="device (default): channel counts measured fast in ONNX Runtime on this CPU; none: as ranked")
-    p.add_argument("--allocate", default=None, choices=("latency", "importance"),
-                   help="channels across layers by importance per measured ms (default with --round-to device) "
-                        "or by importance alone (default with --round-to none)")
+    p.add_argument("--allocate", default=None, choices=("latency", "importance", "measured"),
+                   help="channels across layers by importance per measured ms (default with --round-to device), "
+                        "by importance alone (default with --round-to none), or measured (both, the faster kept)")
 
 
 def run(args) -> dict:

@@ -27,9 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--round-to", help="keep channel counts multiples of N, or 'device' (the --device profile's)")
     p.add_argument("--device", help="device profile (for --round-to device; 'cpu' measures this host's CPU, also for "
                                     "--target latency=Xms)")
-    p.add_argument("--allocate", default="importance", choices=("importance", "latency"),
-                   help="rank channels across groups by importance alone (default), or by importance per measured "
-                        "ms per MAC on the runtime (needs --round-to device --device cpu)")
+    p.add_argument("--allocate", default="importance", choices=("importance", "latency", "measured"),
+                   help="rank channels across groups by importance alone (default), by importance per measured "
+                        "ms per MAC on the runtime, or measured: cut with both, keep the slim model that runs "
+                        "faster (latency and measured need --round-to device --device cpu)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="MODULE",
                    help="module paths whose channels are kept as they are")
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")

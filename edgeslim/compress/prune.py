@@ -18,7 +18,7 @@ from .surgery import apply_plan, equivalence_error
 from .targets import parse_target, resolve_rounding, solve
 from .trace import trace
 
-__all__ = ["prune", "PruneResult", "EQUIVALENCE_TOLERANCE"]
+__all__ = ["prune", "PruneResult", "EQUIVALENCE_TOLERANCE", "ALLOCATIONS"]
 
 EQUIVALENCE_TOLERANCE = 1e-4  # max relative difference between the slim and the masked model
 
@@ -35,10 +35,11 @@ class PruneResult:
     slim: dict[str, int] = field(default_factory=dict)
     equivalence_error: float | None = None   # relative error of slim vs masked model (None: not checked)
     notes: list[str] = field(default_factory=list)
+    allocation: str = "importance"       # how channels were ranked across groups: importance or latency
 
     def to_dict(self) -> dict[str, Any]:
         return {"achieved": self.achieved, "timing": self.timing, "dense": self.dense, "slim": self.slim,
-                "equivalence_error": self.equivalence_error, "notes": self.notes,
+                "equivalence_error": self.equivalence_error, "notes": self.notes, "allocation": self.allocation,
                 "groups": len(self.graph.groups), "prunable_groups": len(self.graph.prunable_groups),
                 "pruned_groups": len(self.plan.groups)}
 
@@ -87,21 +88,44 @@ def _broken_groups(model: nn.Module, graph: ChannelGraph, keep: Mapping[str, Any
     return search(list(keep))
 
 
+ALLOCATIONS = ("importance", "latency", "measured")
+
+
 def _allocation(allocate: str, rounding: Any, target: Mapping[str, float]):
     """The solver's ``channel_cost`` for ``allocate`` (None: rank by importance alone)."""
+    if allocate not in ALLOCATIONS:
+        raise ValueError(f"allocate must be one of {', '.join(ALLOCATIONS)}, not {allocate!r}")
     if allocate == "importance":
         return None
-    if allocate != "latency":
-        raise ValueError(f"allocate must be 'importance' or 'latency', not {allocate!r}")
-    if not callable(getattr(rounding, "channel_cost", None)):
-        raise ValueError("allocate='latency' needs measured channel costs: pass round_to='device' with device='cpu' "
-                         "(ONNX Runtime on this host) or round_to=edgeslim.runtime.channels.DeviceRounding(...)")
+    needs = ("channel_cost", "time_models") if allocate == "measured" else ("channel_cost",)
+    if not all(callable(getattr(rounding, name, None)) for name in needs):
+        raise ValueError(f"allocate={allocate!r} needs measured channel costs: pass round_to='device' with "
+                         "device='cpu' (ONNX Runtime on this host) or round_to=edgeslim.runtime.channels.DeviceRounding(...)")
     # A latency target buys ms: rank by importance per ms a channel costs. Any other target buys
     # channels, MACs or parameters, whose reduction users read as a promise of speed: rank by
     # importance per ms per MAC, so the MACs removed are those the runtime is slowest on and the
     # measured speed-up keeps up with the MACs reduction.
     per = "channel" if "latency" in target else "macs"
     return lambda group: rounding.channel_cost(group, per=per)
+
+
+def _fastest_allocation(slim: Mapping[str, tuple[Any, nn.Module]], rounding: Any, inputs: tuple) -> tuple[str, str]:
+    """``allocate="measured"``: of the slim models cut with both allocations (allocation -> (solution,
+    model)), the one that runs faster, timed whole on the rounding's runtime.
+
+    Each allocation's model of the runtime misses something: importance ignores it, and the latency
+    ranking prices each group with dense neighbours, so it can drive groups to widths where they no
+    longer save time (ResNet-50 on two ORT threads). Timing the candidates settles it. Unless the
+    latency allocation is faster by more than the rounding's tolerance, the importance allocation
+    stays: it keeps the more important channels. Returns the allocation kept and a note saying why."""
+    widths = [{g: len(k) for g, k in solution.keep.items()} for solution, _ in slim.values()]
+    if widths[0] == widths[1]:
+        return "importance", "allocate='measured': both allocations give the same widths (importance kept)"
+    ms = rounding.time_models({a: model for a, (_, model) in slim.items()}, inputs)
+    tolerance = getattr(rounding, "tolerance", 0.0)
+    chosen = "latency" if ms["latency"] < ms["importance"] * (1 - tolerance) else "importance"
+    return chosen, (f"allocate='measured': {chosen} allocation kept (importance {ms['importance']:.3f} ms, latency "
+                    f"{ms['latency']:.3f} ms; median, {rounding.runtime} on {rounding.device}, timed interleaved)")
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], method: str = "l1",
@@ -122,7 +146,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     (needs measured rounding: ``round_to="device"`` with ``device="cpu"``, or a ``DeviceRounding``)
     ranks them by score per measured ms per MAC they cost on the runtime (per ms for a latency
     target), so channels go first where the runtime is slowest for the arithmetic they carry (e.g.
-    depthwise and memory-bound layers at high resolution) and speed-up keeps up with the MACs cut.
+    depthwise and memory-bound layers at high resolution) and speed-up keeps up with the MACs cut;
+    ``"measured"`` (same rounding) cuts with both, times the two slim models whole on the rounding's
+    runtime and keeps the faster (importance when they are within the rounding's tolerance).
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
@@ -138,7 +164,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     if criterion.needs_data and loader is None:
         raise ValueError(f"method {criterion.name!r} needs calibration data (data=a Dataset or DataLoader; CLI: --data)")
 
-    bar = tqdm(total=4, desc="prune", disable=not progress, file=sys.stderr, leave=False)
+    bar = tqdm(total=3, desc="prune", disable=not progress, file=sys.stderr, leave=False)
     t0 = time.perf_counter()
     bar.set_postfix_str("tracing")
     graph = trace(model, inputs, ignore=ignore)
@@ -153,15 +179,14 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     bar.update()
 
     t0 = time.perf_counter()
-    bar.set_postfix_str("planning and cutting")
+    bar.set_postfix_str("planning, cutting, proving")
     context = {"model": model, "example_inputs": inputs, "device": device, "rounding": rounding}
-    solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
-    plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
-    bar.update()
     notes: list[str] = []
-    if verify:
-        bar.set_postfix_str("proving")
-        for _ in range(3):
+
+    def plan_and_cut(channel_cost):
+        solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
+        plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
+        for _ in range(3 if verify else 0):
             if error < EQUIVALENCE_TOLERANCE:
                 break
             # Some cut is wrong, usually because a Python constant in forward() pins a channel count
@@ -175,14 +200,23 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
             notes.append(f"kept whole because cutting them failed the equivalence check: {', '.join(broken)}")
             solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
             plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
-        if not error < EQUIVALENCE_TOLERANCE:
+        if verify and not error < EQUIVALENCE_TOLERANCE:
             raise RuntimeError(
                 f"surgery check failed: the slim model differs from the masked original by {error:.2e} (relative). "
                 "A Python constant in forward() probably pins a channel count that edgeslim cut; keep that part "
                 "with ignore=[module path] or register a module rule that rewrites it.")
+        return solution, plan, slim, error
+
+    if allocate == "measured":
+        bar.set_postfix_str("cutting with both allocations, timing them")
+        cuts = {a: plan_and_cut(_allocation(a, rounding, target)) for a in ("importance", "latency")}
+        allocate, note = _fastest_allocation({a: (c[0], c[2]) for a, c in cuts.items()}, rounding, inputs)
+        notes.append(note)
+        solution, plan, slim, error = cuts[allocate]
+    else:
+        solution, plan, slim, error = plan_and_cut(channel_cost)
     surgery_s = time.perf_counter() - t0
     bar.update()
-    bar.close()
 
     dense_cost, slim_cost = count(model, inputs), count(slim, inputs)
     achieved = {"channels": solution.achieved["channels"],
@@ -197,5 +231,5 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         model=slim, plan=plan, graph=graph, scores=scores, achieved=achieved,
         timing={"scoring_s": scoring_s, "surgery_s": surgery_s},
         dense=_cost_entry(dense_cost), slim=_cost_entry(slim_cost),
-        equivalence_error=error, notes=notes,
+        equivalence_error=error, notes=notes, allocation=allocate,
     )
