@@ -44,10 +44,14 @@ def block_groups(n_blocks: int, size: int) -> list[Group]:
 
 
 def test_candidate_widths():
-    assert candidate_widths(67, 96) == [67, 72, 80, 88, 96]
+    assert candidate_widths(67, 96) == [72, 80, 88, 96]  # never an unaligned width but the whole group
+    assert candidate_widths(72, 96) == [72, 80, 88, 96]
     assert candidate_widths(96, 96) == [96]
-    assert candidate_widths(5, 10) == [5, 8, 10]
-    assert candidate_widths(33, 256) == [33, 40, 48, 56, 64]
+    assert candidate_widths(5, 10) == [8, 10]
+    assert candidate_widths(33, 256) == [40, 48, 56, 64]
+    # AVX-512 blocks (ONNX Runtime's default here when the CPU has them): multiples of 16 only
+    assert candidate_widths(103, 1024, (16, 32)) == [112, 128]
+    assert candidate_widths(5, 10, (16, 32)) == [10]  # no aligned width fits: the group stays whole
     with pytest.raises(ValueError, match="outside"):
         candidate_widths(0, 16)
 
@@ -85,13 +89,13 @@ def test_device_rounding_picks_fast_widths_and_caches_them(tmp_path, monkeypatch
     table = LatencyTable(path=tmp_path / "cpu-ort.json")
     rounding = DeviceRounding(dense, x, table=table)
     groups = block_groups(3, 96)
-    chosen = [rounding(g, 61) for g in groups]
-    assert all(61 <= c <= 96 for c in chosen)
+    candidates = candidate_widths(45, 96, rounding.alignments)  # 48 and 64 (AVX-512), also 56 (AVX2)
+    chosen = [rounding(g, 45) for g in groups]
+    assert all(c in candidates for c in chosen)
     assert set(rounding.decisions) == {"block0", "block1", "block2"}
     saved = json.loads((tmp_path / "cpu-ort.json").read_text())
     assert saved["runtime"] == "ort" and len(saved["entries"]) == 1  # three identical blocks share one probe
-    # Candidates 61 and 64: 61 is timed through its bucket's representative (63).
-    assert [set(batch) for batch in next(iter(saved["entries"].values()))] == [{"63", "64"}]
+    assert [set(batch) for batch in next(iter(saved["entries"].values()))] == [{str(w) for w in candidates}]
 
     # A second rounding on the same table measures nothing and decides the same.
     import edgeslim.runtime.channels as channels
@@ -101,13 +105,13 @@ def test_device_rounding_picks_fast_widths_and_caches_them(tmp_path, monkeypatch
 
     monkeypatch.setattr(channels, "probe_latency", no_measuring)
     again = DeviceRounding(dense, x, table=LatencyTable(path=tmp_path / "cpu-ort.json"))
-    assert [again(g, 61) for g in groups] == chosen
+    assert [again(g, 45) for g in groups] == chosen
     monkeypatch.undo()
 
     # The whole narrowed model: the chosen widths beat the naive ones on the runtime, interleaved.
     from edgeslim.export import export_onnx
 
-    naive, rounded = inverted_residual_net([61] * 3), inverted_residual_net(chosen)
+    naive, rounded = inverted_residual_net([45] * 3), inverted_residual_net(chosen)
     paths = {k: export_onnx(m.eval(), x, tmp_path / f"{k}.onnx", simplify=False).path
              for k, m in (("naive", naive), ("rounded", rounded))}
     res = benchmark({k: OrtRunner(p) for k, p in paths.items()}, runs=40, warmup=5, memory=False)
@@ -270,15 +274,22 @@ def test_latency_allocation_takes_channels_where_they_cost_time(tmp_path):
     with pytest.raises(ValueError, match="allocate must be"):
         edgeslim.prune(net, x, target={"channels": 0.6}, allocate="speed", progress=False)
 
-    # measured: both allocations cut, timed whole, the faster kept (and said so)
+    # measured: both allocations, each on widths in multiples of 8 and of 16, timed whole, the fastest kept
+    coarser = rounding.coarser()
+    assert coarser.alignments == (16, 32) and coarser.table is rounding.table and rounding.alignments == (8, 16, 32)
     result = edgeslim.prune(net, x, target={"channels": 0.6}, round_to=rounding, allocate="measured", progress=False)
     note = next(n for n in result.notes if n.startswith("allocate='measured'"))
-    chosen = re.match(r"allocate='measured': (\w+) allocation kept \(importance ([\d.]+) ms, latency ([\d.]+) ms", note)
-    assert chosen, note
-    assert result.allocation == chosen[1]
-    assert (result.model[4].out_channels, result.model[8].out_channels) == widths[chosen[1]]
-    importance_ms, latency_ms = float(chosen[2]), float(chosen[3])
-    assert (chosen[1] == "latency") == (latency_ms < importance_ms * (1 - rounding.tolerance)), note
+    kept = re.match(r"allocate='measured': (\w+)/(\d+) kept \((.*); median", note)
+    assert kept, note
+    assert result.allocation == f"{kept[1]}/{kept[2]}"
+    timed = {label: float(ms) for label, ms in re.findall(r"(\w+/\d+) ([\d.]+) ms", kept[3])}
+    assert result.allocation in timed and set(timed) <= {"importance/8", "importance/16", "latency/8", "latency/16"}
+    fastest = min(timed.values())
+    assert timed[result.allocation] <= fastest * (1 + rounding.tolerance), note
+    assert all(timed[label] > fastest * (1 + rounding.tolerance) for label in timed
+               if list(timed).index(label) < list(timed).index(result.allocation)), note
+    widths = (result.model[4].out_channels, result.model[8].out_channels)
+    assert all(w % int(kept[2]) == 0 or w == 96 for w in widths), (widths, note)
     with pytest.raises(ValueError, match="allocate='measured' needs measured channel costs"):
         edgeslim.prune(net, x, target={"channels": 0.6}, round_to=8, allocate="measured", progress=False)
 

@@ -35,7 +35,9 @@ class PruneResult:
     slim: dict[str, int] = field(default_factory=dict)
     equivalence_error: float | None = None   # relative error of slim vs masked model (None: not checked)
     notes: list[str] = field(default_factory=list)
-    allocation: str = "importance"       # how channels were ranked across groups: importance or latency
+    # how channels were ranked across groups: importance or latency (allocate="measured": the way
+    # kept, with the channel multiple its widths were rounded to, e.g. "latency/16")
+    allocation: str = "importance"
 
     def to_dict(self) -> dict[str, Any]:
         return {"achieved": self.achieved, "timing": self.timing, "dense": self.dense, "slim": self.slim,
@@ -97,7 +99,7 @@ def _allocation(allocate: str, rounding: Any, target: Mapping[str, float]):
         raise ValueError(f"allocate must be one of {', '.join(ALLOCATIONS)}, not {allocate!r}")
     if allocate == "importance":
         return None
-    needs = ("channel_cost", "time_models") if allocate == "measured" else ("channel_cost",)
+    needs = ("channel_cost", "time_models", "coarser") if allocate == "measured" else ("channel_cost",)
     if not all(callable(getattr(rounding, name, None)) for name in needs):
         raise ValueError(f"allocate={allocate!r} needs measured channel costs: pass round_to='device' with "
                          "device='cpu' (ONNX Runtime on this host) or round_to=edgeslim.runtime.channels.DeviceRounding(...)")
@@ -109,23 +111,27 @@ def _allocation(allocate: str, rounding: Any, target: Mapping[str, float]):
     return lambda group: rounding.channel_cost(group, per=per)
 
 
-def _fastest_allocation(slim: Mapping[str, tuple[Any, nn.Module]], rounding: Any, inputs: tuple) -> tuple[str, str]:
-    """``allocate="measured"``: of the slim models cut with both allocations (allocation -> (solution,
-    model)), the one that runs faster, timed whole on the rounding's runtime.
+def _fastest(cuts: Mapping[str, tuple[Any, nn.Module]], rounding: Any, inputs: tuple) -> tuple[str, str]:
+    """``allocate="measured"``: of the slim models cut in different ways (label -> (solution, model),
+    in order of preference), the one that runs fastest, timed whole on the rounding's runtime.
 
-    Each allocation's model of the runtime misses something: importance ignores it, and the latency
-    ranking prices each group with dense neighbours, so it can drive groups to widths where they no
-    longer save time (ResNet-50 on two ORT threads). Timing the candidates settles it. Unless the
-    latency allocation is faster by more than the rounding's tolerance, the importance allocation
-    stays: it keeps the more important channels. Returns the allocation kept and a note saying why."""
-    widths = [{g: len(k) for g, k in solution.keep.items()} for solution, _ in slim.values()]
-    if widths[0] == widths[1]:
-        return "importance", "allocate='measured': both allocations give the same widths (importance kept)"
-    ms = rounding.time_models({a: model for a, (_, model) in slim.items()}, inputs)
+    Each way's model of the runtime misses something: importance ignores it; the latency ranking and
+    the rounding price each group among dense neighbours, so they miss what a width costs beside
+    narrow ones. Timing the candidates settles it. Among those within the rounding's tolerance of
+    the fastest the first is kept: importance before latency (it keeps the more important
+    channels), finer widths before coarser. Returns the label kept and a note saying why."""
+    distinct: dict[str, Any] = {}  # candidates with the same widths run alike: time the first of them
+    for label, (solution, model) in cuts.items():
+        widths = tuple(sorted((g, len(k)) for g, k in solution.keep.items()))
+        distinct.setdefault(widths, (label, model))
+    if len(distinct) == 1:
+        return next(iter(cuts)), "allocate='measured': every candidate gives the same widths"
+    ms = rounding.time_models(dict(distinct.values()), inputs)
     tolerance = getattr(rounding, "tolerance", 0.0)
-    chosen = "latency" if ms["latency"] < ms["importance"] * (1 - tolerance) else "importance"
-    return chosen, (f"allocate='measured': {chosen} allocation kept (importance {ms['importance']:.3f} ms, latency "
-                    f"{ms['latency']:.3f} ms; median, {rounding.runtime} on {rounding.device}, timed interleaved)")
+    chosen = next(label for label in ms if ms[label] <= min(ms.values()) * (1 + tolerance))
+    timed = ", ".join(f"{label} {v:.3f} ms" for label, v in ms.items())
+    return chosen, (f"allocate='measured': {chosen} kept ({timed}; median, {rounding.runtime} on {rounding.device}, "
+                    "timed interleaved)")
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], method: str = "l1",
@@ -147,8 +153,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     ranks them by score per measured ms per MAC they cost on the runtime (per ms for a latency
     target), so channels go first where the runtime is slowest for the arithmetic they carry (e.g.
     depthwise and memory-bound layers at high resolution) and speed-up keeps up with the MACs cut;
-    ``"measured"`` (same rounding) cuts with both, times the two slim models whole on the rounding's
-    runtime and keeps the faster (importance when they are within the rounding's tolerance).
+    ``"measured"`` (same rounding) cuts four ways, both allocations with the rounding and with its
+    coarser twin (``DeviceRounding.coarser``: multiples of 16 instead of 8), times the slim models
+    whole on the rounding's runtime and keeps the fastest (``allocation`` and a note say which).
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
@@ -183,7 +190,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     context = {"model": model, "example_inputs": inputs, "device": device, "rounding": rounding}
     notes: list[str] = []
 
-    def plan_and_cut(channel_cost):
+    def plan_and_cut(channel_cost, rounding):
+        context["rounding"] = rounding
         solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
         plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
         for _ in range(3 if verify else 0):
@@ -208,13 +216,14 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         return solution, plan, slim, error
 
     if allocate == "measured":
-        bar.set_postfix_str("cutting with both allocations, timing them")
-        cuts = {a: plan_and_cut(_allocation(a, rounding, target)) for a in ("importance", "latency")}
-        allocate, note = _fastest_allocation({a: (c[0], c[2]) for a, c in cuts.items()}, rounding, inputs)
+        bar.set_postfix_str("cutting four ways, timing them")
+        ways = {f"{a}/{r.alignments[0]}": (a, r) for a in ("importance", "latency") for r in (rounding, rounding.coarser())}
+        cuts = {label: plan_and_cut(_allocation(a, r, target), r) for label, (a, r) in ways.items()}
+        allocate, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding, inputs)
         notes.append(note)
         solution, plan, slim, error = cuts[allocate]
     else:
-        solution, plan, slim, error = plan_and_cut(channel_cost)
+        solution, plan, slim, error = plan_and_cut(channel_cost, rounding)
     surgery_s = time.perf_counter() - t0
     bar.update()
 

@@ -21,6 +21,7 @@ interleaved in one process, and the cheapest is chosen (by default the widest am
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -487,13 +488,15 @@ def probe_latency(spec: GroupSpec, widths: Sequence[int], runtime: str = "ort", 
 
 
 def candidate_widths(n: int, size: int, alignments: Sequence[int] = (8, 16, 32)) -> list[int]:
-    """``n`` itself and every width above it up to the next multiple of the largest alignment that is
-    a multiple of some alignment (or the full ``size``), capped at ``size``."""
+    """The widths from ``n`` up to the next multiple of the largest alignment that are multiples of the
+    smallest one, capped at ``size``, plus the full ``size`` when it is that close (always when no
+    aligned width fits). ``n`` itself only when it is aligned: a probe times a group among dense
+    neighbours and misses what an unaligned width costs beside narrow ones in the slim model."""
     if not 1 <= n <= size:
         raise ValueError(f"channel count {n} outside 1..{size}")
-    top = min(size, -(-n // max(alignments)) * max(alignments))
-    widths = {n} | {m for m in range(n + 1, top + 1) if any(m % a == 0 for a in alignments)}
-    if size - n <= max(alignments):
+    step, top = min(alignments), min(size, -(-n // max(alignments)) * max(alignments))
+    widths = {m for m in range(n, top + 1) if m % step == 0}
+    if size - n <= max(alignments) or not widths:
         widths.add(size)
     return sorted(widths)
 
@@ -503,11 +506,11 @@ class DeviceRounding:
     """``round_to`` for the engine: ``rounding(group, n)`` -> the width at or above ``n`` that the
     runtime executes fastest, measured (and cached) with the group's probe.
 
-    Candidates are ``n`` and the multiples of the smallest alignment above it up to the next
-    multiple of the largest one (see :func:`candidate_widths`). A width that is not a multiple of
-    the smallest alignment is timed through one representative per bucket (the bucket's top minus
-    one), so the engine's search, which asks about many counts, needs few measurements; every
-    decision is memoised.
+    Candidates are the multiples of the smallest alignment from ``n`` up to the next multiple of the
+    largest one, and the whole group when it is that close (see :func:`candidate_widths`). Every
+    decision is memoised, so the engine's search, which asks about many counts, needs few
+    measurements. :meth:`coarser` gives the same measurements choosing among multiples of twice the
+    smallest alignment (``prune(allocate="measured")`` tries both).
 
     ``prefer``: among candidates within ``tolerance`` of the fastest, ``"more"`` (default) keeps the
     most channels, since the runtime gives them for free and the engine's budget then takes channels
@@ -528,6 +531,18 @@ class DeviceRounding:
         self.decisions: dict[str, dict[str, Any]] = {}
         self._specs: dict[str, GroupSpec] = {}
         self._memo: dict[tuple[str, int], tuple[int, dict[int, float]]] = {}
+
+    def coarser(self) -> "DeviceRounding":
+        """This rounding with the smallest alignment doubled ((8, 16, 32) -> (16, 32)), sharing its
+        probes. Why both: a probe times a group among dense neighbours; in the slim model a width
+        that is not a whole number of the runtime's channel blocks (16 with AVX-512) can cost layout
+        conversions beside narrow neighbours that the probe never sees (ResNet-50 on ORT), while
+        small groups lose the finer choice (MobileNetV2's 24-channel stages)."""
+        step = 2 * self.alignments[0]
+        other = copy.copy(self)
+        other.alignments = tuple(sorted({step} | {a for a in self.alignments if a > step}))
+        other.decisions, other._memo = {}, {}
+        return other
 
     def spec(self, group: Any) -> GroupSpec:
         key = str(getattr(group, "id", id(group)))
@@ -561,11 +576,10 @@ class DeviceRounding:
         if key not in self._memo:
             widths = candidate_widths(n, spec.size, self.alignments)
             if len(widths) == 1:
-                self._memo[key] = (n, {})
+                self._memo[key] = (widths[0], {})
             else:
-                stand_in = {w: self.timed_as(w, spec.size) for w in widths}
-                lat = self.latencies(spec, stand_in.values())
-                cost = {w: lat[stand_in[w]] for w in widths}
+                lat = self.latencies(spec, widths)
+                cost = {w: lat[w] for w in widths}
                 best = min(cost.values())
                 fast = [w for w in widths if cost[w] <= best * (1 + self.tolerance)]
                 self._memo[key] = (max(fast) if self.prefer == "more" else min(fast), cost)
