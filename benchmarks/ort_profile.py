@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import edgeslim
+from edgeslim.compress.prune import ALLOCATIONS
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import build_model
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="mobilenet_v2", help="torchvision name or edgeslim spelling")
     p.add_argument("--keep", type=float, default=0.5, help="fraction of prunable channels kept")
     p.add_argument("--round-to", default=None, help="None, an integer, or 'device' (measured on this CPU)")
-    p.add_argument("--allocate", default="importance", choices=("importance", "latency"))
+    p.add_argument("--allocate", default="importance", choices=ALLOCATIONS)
     p.add_argument("--input", type=int, default=224)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int)

@@ -6,11 +6,12 @@ For each model and channel ratio r, in ONE process, timed interleaved in ONNX Ru
   tp           Torch-Pruning 1.6 BasePruner + MagnitudeImportance(p=1), pruning_ratio=r (r = fraction of
                channels REMOVED from every prunable layer), round_to=None (its default); classifier ignored
   ours         edgeslim.prune(method="l1", target={"channels": 1 - r}) (1 - r = fraction KEPT, so the same
-               nominal channel ratio as tp) with round_to = measured device rounding (DeviceRounding: the width
-               at or above the engine's count that the runtime executes fastest) and allocate="latency"
-               (channels ranked by L1 importance per measured ms per MAC; --allocate importance: by
-               importance alone; --allocate measured: both, the slim model that runs faster kept, and
-               the table says which)
+               nominal channel ratio as tp) with round_to = measured device rounding (DeviceRounding: the
+               aligned width at or above the engine's count that the runtime executes fastest) and
+               allocate="measured": cut four ways (channels ranked by L1 importance, or by importance per
+               measured ms per MAC; widths in multiples of 8 or of 16), the slim models timed whole and
+               the fastest kept; the table says which (e.g. "latency/16"). --allocate latency or
+               importance: one way only
   ours@tp-macs edgeslim.prune(target={"macs": MACs(tp) / MACs(dense)}, same rounding): matched MACs
 
 Reported per cell: MACs reduction (dense MACs / slim MACs), measured speed-up (dense p50 / slim p50),
@@ -74,7 +75,7 @@ def prune_tp(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module
 
 
 def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding,
-               allocate: str = "latency") -> tuple[nn.Module, dict]:
+               allocate: str = "measured") -> tuple[nn.Module, dict]:
     """The slim model and what to report of it: achieved ratios, the allocation asked for and the one used."""
     import edgeslim
 
@@ -99,7 +100,7 @@ def make_runner(model: nn.Module, example: torch.Tensor, runtime: str, device: s
 
 def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: int, threads: int | None,
         table_path: str | None, log, probe_runs: int = PROBE_RUNS, runtime: str = "ort", device: str = "cpu",
-        allocate: str = "latency") -> list[dict]:
+        allocate: str = "measured") -> list[dict]:
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -229,9 +230,10 @@ def main(argv=None) -> int:
     p.add_argument("--table", help="latency table JSON to reuse (default: measure afresh in a temp file)")
     p.add_argument("--probe-runs", type=int, default=PROBE_RUNS,
                    help=f"timed runs per width when probing a channel group (default {PROBE_RUNS})")
-    p.add_argument("--allocate", default="latency", choices=ALLOCATIONS,
-                   help="edgeslim's channel allocation across groups: by importance per measured ms per MAC (default), "
-                        "by importance alone, or measured (both, the faster slim model kept)")
+    p.add_argument("--allocate", default="measured", choices=ALLOCATIONS,
+                   help="edgeslim's channel allocation across groups: measured (default: importance and latency "
+                        "allocation, widths in multiples of 8 and 16, the fastest slim model kept), by importance "
+                        "per measured ms per MAC, or by importance alone")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)

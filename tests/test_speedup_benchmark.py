@@ -31,6 +31,9 @@ def test_speedup_quick_runs_and_reports_every_cell(tmp_path):
         assert r["macs"] < r["dense_macs"] and r["macs_reduction"] > 1
         assert r["speedup"] > 0 and r["speedup_over_macs"] == pytest.approx(r["speedup"] / r["macs_reduction"])
         assert isinstance(r["goal_met"], bool)
+        if r["variant"] != "tp":  # the default allocate="measured" says which way it kept
+            assert r["allocate"] == "measured" and r["allocation"] in {
+                "importance/8", "importance/16", "latency/8", "latency/16"}, r
         if (os.cpu_count() or 1) > 1:  # dense also timed on one thread, to expose a neighbour holding a core
             assert r["dense_parallel_speedup"] > 0
     assert out["meta"]["runtime"] == "ort" and out["meta"]["input"] == [1, 3, 32, 32]
