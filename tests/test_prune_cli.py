@@ -47,6 +47,18 @@ def test_prune_errors_are_one_clear_line(tmp_path, capsys):
     assert "allocate='latency' needs measured channel costs" in err and "round_to='device'" in err
 
 
+def test_prune_measured_allocation_says_which_cut_it_kept(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path / "cache"))  # probes measured afresh, not from ~/.cache
+    assert main(["prune", "zoo:resnet20", "--target", "macs=0.5", "--round-to", "device", "--device", "cpu",
+                 "--allocate", "measured", "-o", str(tmp_path / "run"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["allocation"] in {"importance/8", "importance/16", "latency/8", "latency/16"}
+    note = next(n for n in r["notes"] if n.startswith("allocate='measured'"))
+    assert r["allocation"] in note and 0.49 <= r["achieved"]["macs"] <= 0.5
+    # ResNet-20's 16-channel groups cannot shrink in multiples of 16: those cuts miss macs=0.5 and are left out
+    assert r["allocation"].endswith("/8") and "importance/16 cannot reach the target" in note, note
+
+
 def test_inspect_reports_engine_coverage(capsys):
     assert main(["inspect", "torchvision:shufflenet_v2_x0_5", "--input", "1x3x64x64", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

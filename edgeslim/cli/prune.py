@@ -91,7 +91,7 @@ def run(args) -> dict:
                "achieved": result.achieved, "equivalence_error": result.equivalence_error,
                "channel_groups": {"total": len(result.graph.groups), "prunable": len(result.graph.prunable_groups),
                                   "pruned": len(result.plan.groups)},
-               "accuracy_before_finetune": None, "notes": result.notes}
+               "accuracy_before_finetune": None, "allocation": result.allocation, "notes": result.notes}
         finetune_s = 0.0
         if data is not None:
             out["dense"]["accuracy"] = evaluate(model, data.test, dist=dist)["accuracy"]

@@ -15,7 +15,7 @@ from .criteria import get_criterion
 from .graph import ChannelGraph
 from .plan import PruningPlan, make_plan
 from .surgery import apply_plan, equivalence_error
-from .targets import parse_target, resolve_rounding, solve
+from .targets import UnreachableTarget, parse_target, resolve_rounding, solve
 from .trace import trace
 
 __all__ = ["prune", "PruneResult", "EQUIVALENCE_TOLERANCE", "ALLOCATIONS"]
@@ -125,7 +125,8 @@ def _fastest(cuts: Mapping[str, tuple[Any, nn.Module]], rounding: Any, inputs: t
         widths = tuple(sorted((g, len(k)) for g, k in solution.keep.items()))
         distinct.setdefault(widths, (label, model))
     if len(distinct) == 1:
-        return next(iter(cuts)), "allocate='measured': every candidate gives the same widths"
+        label = next(iter(cuts))
+        return label, f"allocate='measured': {label} kept (every cut that reaches the target has its widths)"
     ms = rounding.time_models(dict(distinct.values()), inputs)
     tolerance = getattr(rounding, "tolerance", 0.0)
     chosen = next(label for label in ms if ms[label] <= min(ms.values()) * (1 + tolerance))
@@ -155,7 +156,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     depthwise and memory-bound layers at high resolution) and speed-up keeps up with the MACs cut;
     ``"measured"`` (same rounding) cuts four ways, both allocations with the rounding and with its
     coarser twin (``DeviceRounding.coarser``: multiples of 16 instead of 8), times the slim models
-    whole on the rounding's runtime and keeps the fastest (``allocation`` and a note say which).
+    whole on the rounding's runtime and keeps the fastest (``allocation`` and a note say which; a
+    way that cannot reach the target is left out).
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
@@ -218,9 +220,16 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     if allocate == "measured":
         bar.set_postfix_str("cutting four ways, timing them")
         ways = {f"{a}/{r.alignments[0]}": (a, r) for a in ("importance", "latency") for r in (rounding, rounding.coarser())}
-        cuts = {label: plan_and_cut(_allocation(a, r, target), r) for label, (a, r) in ways.items()}
+        cuts, unreachable = {}, {}
+        for label, (a, r) in ways.items():
+            try:
+                cuts[label] = plan_and_cut(_allocation(a, r, target), r)
+            except UnreachableTarget as exc:  # e.g. 16-channel groups cannot shrink in multiples of 16
+                unreachable[label] = exc
+        if not cuts:
+            raise next(iter(unreachable.values()))
         allocate, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding, inputs)
-        notes.append(note)
+        notes.append(note + "".join(f"; {label} cannot reach the target" for label in unreachable))
         solution, plan, slim, error = cuts[allocate]
     else:
         solution, plan, slim, error = plan_and_cut(channel_cost, rounding)

@@ -30,7 +30,8 @@ import torch
 
 from .graph import ChannelGraph, ChannelGroup
 
-__all__ = ["parse_target", "solve", "CostModel", "register_cost_model", "COST_MODELS", "resolve_rounding"]
+__all__ = ["parse_target", "solve", "CostModel", "register_cost_model", "COST_MODELS", "resolve_rounding",
+           "UnreachableTarget"]
 
 TOLERANCE = 0.02  # achieved ratios land within 2 % (relative) below the target when granularity allows
 
@@ -202,6 +203,10 @@ def resolve_rounding(round_to: Any, device: str | None, model: Any = None,
     return multiple
 
 
+class UnreachableTarget(ValueError):
+    """No plan within ``min_keep`` and the rounding reaches the target."""
+
+
 @dataclass
 class Solution:
     keep: dict[str, np.ndarray]     # kept channel indices per pruned group
@@ -273,7 +278,7 @@ def solve(graph: ChannelGraph, scores: Mapping[str, torch.Tensor], target: Mappi
     worst = cost_of(prefix(k_max))
     if not satisfied(worst):
         closest = ", ".join(f"{key}={worst[key]:.3f}" for key in target)
-        raise ValueError(
+        raise UnreachableTarget(
             f"target {', '.join(f'{k}={v:g}' for k, v in target.items())} cannot be reached: with every group keeping "
             f"at least {min_keep:.0%} of its channels (min_keep){' and rounding' if round_to else ''}, the closest "
             f"reachable is {closest}")
