@@ -52,13 +52,13 @@ def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20",
     except ImportError:
         prune = None
     if prune is None:
-        slim, plan = copy.deepcopy(dense), None
+        slim, plan, allocation = copy.deepcopy(dense), None, None
         notes.append("channel pruning is not available in this build: the `slim` entry is the dense model")
     else:
         measured = {"round_to": round_to, "device": "cpu"} if round_to else {}
         result = prune(dense, example, method=method, target=target, data=data.train_plain, progress=progress,
                        allocate=allocate, **measured)
-        slim, plan = result.model, result.plan
+        slim, plan, allocation = result.model, result.plan, result.allocation
     timings["prune_s"] = time.perf_counter() - t
     slim_acc_before = evaluate(slim, data.test)["accuracy"]
 
@@ -95,6 +95,7 @@ def run_demo(out_dir: str | Path = "edgeslim-demo", model: str = "zoo:resnet20",
     result_dict: dict[str, Any] = {
         "model": model, "data": "digits", "method": method if plan is not None else None, "target": target,
         "round_to": round_to if plan is not None else None, "allocate": allocate if plan is not None else None,
+        "allocation": allocation,  # the way kept (allocate="measured" chooses one, e.g. "latency/8")
         "dense": entry(dense_acc, dense_cost, bench["dense"]),
         "slim": entry(slim_acc, slim_cost, bench["slim"]),
         "accuracy_before_finetune": slim_acc_before,

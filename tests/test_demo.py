@@ -18,7 +18,7 @@ def test_demo_end_to_end(tmp_path):
     # the engine really removed channels: the slim model is smaller (target macs=0.5)
     assert r["slim"]["macs"] <= 0.5 * r["dense"]["macs"] and r["slim"]["params"] < r["dense"]["params"]
     # channel counts chosen from probes timed in ONNX Runtime on this CPU (the cache holds them)
-    assert r["round_to"] == "device" and r["allocate"] == "latency"
+    assert r["round_to"] == "device" and r["allocate"] == r["allocation"] == "latency"
     assert json.loads((tmp_path / "cache" / "latency" / "cpu-ort.json").read_text())["entries"]
     assert (tmp_path / "report.md").read_text().count("|") > 10
     assert (tmp_path / "widths.png").stat().st_size > 1000

@@ -35,7 +35,7 @@ def render(r: dict) -> None:
     print(f"{'params':<14}{human(d['params']):>14}{human(s['params']):>14}")
     print(f"{'latency p50':<14}{d['latency_ms']['p50']:>12.3f}ms{s['latency_ms']['p50']:>12.3f}ms")
     if r.get("round_to") == "device":
-        print(f"\nchannel counts: measured fast in ONNX Runtime on this CPU (allocation by {r['allocate']})")
+        print(f"\nchannel counts: measured fast in ONNX Runtime on this CPU (allocation by {r['allocation']})")
     print(f"\nONNX Runtime CPU, batch 1: slim is {r['speedup']:.2f}x faster (p50); "
           f"ONNX parity max |diff| {r['onnx']['max_abs_diff']:.1e}")
     for note in r["notes"]:
