@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
                    help="device (default): channel counts measured fast in ONNX Runtime on this CPU; none: as ranked")
     p.add_argument("--allocate", default=None, choices=("latency", "importance", "measured"),
                    help="channels across layers by importance per measured ms (default with --round-to device), "
-                        "by importance alone (default with --round-to none), or measured (both, the faster kept)")
+                        "by importance alone (default with --round-to none), or measured (four cuts timed, the fastest kept)")
 
 
 def run(args) -> dict:

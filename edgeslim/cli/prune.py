@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
                                     "--target latency=Xms)")
     p.add_argument("--allocate", default="importance", choices=("importance", "latency", "measured"),
                    help="rank channels across groups by importance alone (default), by importance per measured "
-                        "ms per MAC on the runtime, or measured: cut with both, keep the slim model that runs "
-                        "faster (latency and measured need --round-to device --device cpu)")
+                        "ms per MAC on the runtime, or measured: cut four ways (both rankings, widths in multiples "
+                        "of 8 and 16), keep the fastest slim model (latency and measured need --round-to device "
+                        "--device cpu)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="MODULE",
                    help="module paths whose channels are kept as they are")
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")

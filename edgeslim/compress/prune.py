@@ -120,7 +120,7 @@ def _fastest(cuts: Mapping[str, tuple[Any, nn.Module]], rounding: Any, inputs: t
     narrow ones. Timing the candidates settles it. Among those within the rounding's tolerance of
     the fastest the first is kept: importance before latency (it keeps the more important
     channels), finer widths before coarser. Returns the label kept and a note saying why."""
-    distinct: dict[str, Any] = {}  # candidates with the same widths run alike: time the first of them
+    distinct: dict[tuple, tuple[str, nn.Module]] = {}  # cuts with the same widths run alike: time the first
     for label, (solution, model) in cuts.items():
         widths = tuple(sorted((g, len(k)) for g, k in solution.keep.items()))
         distinct.setdefault(widths, (label, model))
@@ -193,7 +193,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     notes: list[str] = []
 
     def plan_and_cut(channel_cost, rounding):
-        context["rounding"] = rounding
+        context["rounding"] = rounding  # a latency target's estimate reads the probes of the rounding in use
         solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
         plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
         for _ in range(3 if verify else 0):
@@ -217,9 +217,11 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
                 "with ignore=[module path] or register a module rule that rewrites it.")
         return solution, plan, slim, error
 
+    allocation = allocate
     if allocate == "measured":
         bar.set_postfix_str("cutting four ways, timing them")
-        ways = {f"{a}/{r.alignments[0]}": (a, r) for a in ("importance", "latency") for r in (rounding, rounding.coarser())}
+        roundings = (rounding, rounding.coarser())
+        ways = {f"{a}/{r.alignments[0]}": (a, r) for a in ("importance", "latency") for r in roundings}
         cuts, unreachable = {}, {}
         for label, (a, r) in ways.items():
             try:
@@ -228,13 +230,14 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
                 unreachable[label] = exc
         if not cuts:
             raise next(iter(unreachable.values()))
-        allocate, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding, inputs)
+        allocation, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding, inputs)
         notes.append(note + "".join(f"; {label} cannot reach the target" for label in unreachable))
-        solution, plan, slim, error = cuts[allocate]
+        solution, plan, slim, error = cuts[allocation]
     else:
         solution, plan, slim, error = plan_and_cut(channel_cost, rounding)
     surgery_s = time.perf_counter() - t0
     bar.update()
+    bar.close()
 
     dense_cost, slim_cost = count(model, inputs), count(slim, inputs)
     achieved = {"channels": solution.achieved["channels"],
@@ -249,5 +252,5 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         model=slim, plan=plan, graph=graph, scores=scores, achieved=achieved,
         timing={"scoring_s": scoring_s, "surgery_s": surgery_s},
         dense=_cost_entry(dense_cost), slim=_cost_entry(slim_cost),
-        equivalence_error=error, notes=notes, allocation=allocate,
+        equivalence_error=error, notes=notes, allocation=allocation,
     )

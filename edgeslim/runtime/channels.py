@@ -606,37 +606,11 @@ class DeviceRounding:
     def time_models(self, models: Mapping[str, nn.Module],
                     example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> dict[str, float]:
         """Median latency (ms) of each whole model on this rounding's runtime, device and threads, the
-        models timed interleaved in one process (``prune(allocate="measured")`` uses it to choose
-        between allocations). ONNX Runtime: exported as ``edgeslim.export_onnx`` exports them."""
-        import tempfile
+        models timed interleaved in one process (``prune(allocate="measured")`` chooses between cuts
+        with it)."""
+        from .target import time_interleaved
 
-        import numpy as np
-
-        from ..export import export_onnx
-        from .latency import interleaved_samples
-        from .runners import OrtRunner, TorchRunner
-
-        inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-        if self.runtime == "ort" and len(inputs) != 1:
-            raise ValueError("timing whole models in ONNX Runtime needs a single-input model (edgeslim.export_onnx)")
-        with tempfile.TemporaryDirectory(prefix="edgeslim-models-") as folder:
-            runners = {}
-            for key, model in models.items():
-                if self.runtime == "torch":
-                    runners[key] = TorchRunner(model.eval(), inputs, device=self.device)
-                    continue
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    path = export_onnx(model.eval(), inputs[0], Path(folder) / f"model{len(runners)}.onnx").path
-                runners[key] = OrtRunner(path, inputs=inputs, device=self.device, threads=self.threads)
-            try:
-                for r in runners.values():
-                    r.prepare()
-                samples = interleaved_samples({k: r.time_once for k, r in runners.items()}, self.runs, self.warmup)
-            finally:
-                for r in runners.values():
-                    r.close()
-        return {k: float(np.median(v)) for k, v in samples.items()}
+        return time_interleaved(models, example_inputs, self.runtime, self.device, self.threads, self.runs, self.warmup)
 
     def __call__(self, group: Any, n: int) -> int:
         n = int(n)

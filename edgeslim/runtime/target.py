@@ -26,28 +26,49 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["prune_to_latency", "ort_latency", "latency_cost_model"]
+__all__ = ["prune_to_latency", "ort_latency", "time_interleaved", "latency_cost_model"]
+
+
+def time_interleaved(models: Mapping[str, nn.Module], example_inputs: torch.Tensor | Sequence[torch.Tensor],
+                     runtime: str = "ort", device: str = "cpu", threads: int | None = None, runs: int = 30,
+                     warmup: int = 5, quantile: float = 50) -> dict[str, float]:
+    """Latency (ms, the ``quantile`` of the samples; 50: the median) of each model, all timed
+    interleaved in one process: exported to ONNX Runtime (``runtime="ort"``, single-input models,
+    ``threads`` intra-op threads) or run by PyTorch eager (``"torch"``) on ``device``."""
+    from ..export import export_onnx
+    from .latency import interleaved_samples
+    from .runners import OrtRunner, TorchRunner
+
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if runtime == "ort" and len(inputs) != 1:
+        raise ValueError("timing whole models in ONNX Runtime needs a single-input model (edgeslim.export_onnx)")
+    with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as folder:
+        runners = {}
+        for key, model in models.items():
+            if runtime == "torch":
+                runners[key] = TorchRunner(model.eval(), inputs, device=device)
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                path = export_onnx(model.eval(), inputs[0], Path(folder) / f"model{len(runners)}.onnx",
+                                   simplify=False).path
+            runners[key] = OrtRunner(path, inputs=inputs, device=device, threads=threads)
+        try:
+            for r in runners.values():
+                r.prepare()
+            samples = interleaved_samples({k: r.time_once for k, r in runners.items()}, runs, warmup)
+        finally:
+            for r in runners.values():
+                r.close()
+    return {k: float(np.percentile(v, quantile)) for k, v in samples.items()}
 
 
 def ort_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5, threads: int | None = None,
                 reference: nn.Module | None = None, quantile: float = 50) -> tuple[float, float | None]:
     """(latency of ``model``, latency of ``reference`` timed interleaved with it) in ms, ONNX Runtime
     on this CPU; ``quantile`` of the samples (50: the median)."""
-    from ..export import export_onnx
-    from .latency import interleaved_samples
-    from .runners import OrtRunner
-
-    with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as folder:
-        runners = {}
-        for key, m in (("model", model), ("reference", reference)):
-            if m is None:
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                path = export_onnx(m.eval(), example, Path(folder) / f"{key}.onnx", simplify=False).path
-            runners[key] = OrtRunner(path, inputs=[example], threads=threads).prepare()
-        samples = interleaved_samples({k: r.time_once for k, r in runners.items()}, runs, warmup)
-    ms = {k: float(np.percentile(v, quantile)) for k, v in samples.items()}
+    models = {"model": model, **({"reference": reference} if reference is not None else {})}
+    ms = time_interleaved(models, example, threads=threads, runs=runs, warmup=warmup, quantile=quantile)
     return ms["model"], ms.get("reference")
 
 
