@@ -470,21 +470,15 @@ def probe_latency(spec: GroupSpec, widths: Sequence[int], runtime: str = "ort", 
     processes only ever add time, so the fast end of the distribution is the probe's own cost, and
     interleaving exposes every width to the same interference.
     """
-    import numpy as np
-
-    from .latency import interleaved_samples
+    from .latency import runner_quantiles
 
     runners = {n: _probe_runner(spec, n, runtime, device, threads) for n in sorted(set(widths))}
     try:
-        for r in runners.values():
-            r.prepare()
-        samples = interleaved_samples({n: r.time_once for n, r in runners.items()}, runs, warmup)
+        return runner_quantiles(runners, runs, warmup, quantile)
     finally:
         for r in runners.values():
-            r.close()
             if getattr(r, "_temp_path", None):
                 os.unlink(r._temp_path)
-    return {n: float(np.percentile(v, quantile)) for n, v in samples.items()}
 
 
 def candidate_widths(n: int, size: int, alignments: Sequence[int] = (8, 16, 32)) -> list[int]:

@@ -16,7 +16,8 @@ import numpy as np
 if TYPE_CHECKING:
     from .runners import Runner
 
-__all__ = ["LatencyStats", "BenchResult", "stats_from_samples", "interleaved_samples", "interleaved_latency",
+__all__ = ["LatencyStats", "BenchResult", "stats_from_samples", "interleaved_samples", "runner_quantiles",
+           "interleaved_latency",
            "benchmark", "DEFAULT_MAX_SPREAD"]
 
 # (p90 - p50) / p50 above this: the machine was too noisy to trust differences of a few per cent.
@@ -69,6 +70,19 @@ def interleaved_samples(timers: dict[str, Callable[[], float]], runs: int, warmu
         for key in (order if i % 2 == 0 else order[::-1]):
             samples[key].append(timers[key]())
     return samples
+
+
+def runner_quantiles(runners: dict, runs: int, warmup: int, quantile: float = 50) -> dict:
+    """Prepare the runners, time them round-robin (:func:`interleaved_samples`), close them; the
+    ``quantile`` of each one's samples (ms), under the same keys."""
+    try:
+        for r in runners.values():
+            r.prepare()
+        samples = interleaved_samples({k: r.time_once for k, r in runners.items()}, runs, warmup)
+    finally:
+        for r in runners.values():
+            r.close()
+    return {k: float(np.percentile(v, quantile)) for k, v in samples.items()}
 
 
 def interleaved_latency(fns: dict[str, Callable[[], object]], runs: int = 100, warmup: int = 10) -> dict[str, LatencyStats]:

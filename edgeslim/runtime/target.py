@@ -36,7 +36,7 @@ def time_interleaved(models: Mapping[str, nn.Module], example_inputs: torch.Tens
     interleaved in one process: exported to ONNX Runtime (``runtime="ort"``, single-input models,
     ``threads`` intra-op threads) or run by PyTorch eager (``"torch"``) on ``device``."""
     from ..export import export_onnx
-    from .latency import interleaved_samples
+    from .latency import runner_quantiles
     from .runners import OrtRunner, TorchRunner
 
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
@@ -53,14 +53,7 @@ def time_interleaved(models: Mapping[str, nn.Module], example_inputs: torch.Tens
                 path = export_onnx(model.eval(), inputs[0], Path(folder) / f"model{len(runners)}.onnx",
                                    simplify=False).path
             runners[key] = OrtRunner(path, inputs=inputs, device=device, threads=threads)
-        try:
-            for r in runners.values():
-                r.prepare()
-            samples = interleaved_samples({k: r.time_once for k, r in runners.items()}, runs, warmup)
-        finally:
-            for r in runners.values():
-                r.close()
-    return {k: float(np.percentile(v, quantile)) for k, v in samples.items()}
+        return runner_quantiles(runners, runs, warmup, quantile)
 
 
 def ort_latency(model: nn.Module, example: torch.Tensor, runs: int = 30, warmup: int = 5, threads: int | None = None,
