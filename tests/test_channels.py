@@ -279,15 +279,15 @@ def test_latency_allocation_takes_channels_where_they_cost_time(tmp_path):
     assert coarser.alignments == (16, 32) and coarser.table is rounding.table and rounding.alignments == (8, 16, 32)
     result = edgeslim.prune(net, x, target={"channels": 0.6}, round_to=rounding, allocate="measured", progress=False)
     note = next(n for n in result.notes if n.startswith("allocate='measured'"))
-    kept = re.match(r"allocate='measured': (\w+)/(\d+) kept \((.*); median", note)
-    assert kept, note
-    assert result.allocation == f"{kept[1]}/{kept[2]}"
+    kept = re.match(r"allocate='measured': (\w+)/(\d+) kept \((.*)\)", note)
+    assert kept and result.allocation == f"{kept[1]}/{kept[2]}", note
     timed = {label: float(ms) for label, ms in re.findall(r"(\w+/\d+) ([\d.]+) ms", kept[3])}
-    assert result.allocation in timed and set(timed) <= {"importance/8", "importance/16", "latency/8", "latency/16"}
-    fastest = min(timed.values())
-    assert timed[result.allocation] <= fastest * (1 + rounding.tolerance), note
-    assert all(timed[label] > fastest * (1 + rounding.tolerance) for label in timed
-               if list(timed).index(label) < list(timed).index(result.allocation)), note
+    assert set(timed) <= {"importance/8", "importance/16", "latency/8", "latency/16"}, note
+    if timed:  # several distinct cuts were timed (else they all had the same widths)
+        fastest = min(timed.values())
+        assert timed[result.allocation] <= fastest * (1 + rounding.tolerance), note
+        assert all(timed[label] > fastest * (1 + rounding.tolerance) for label in timed
+                   if list(timed).index(label) < list(timed).index(result.allocation)), note
     widths = (result.model[4].out_channels, result.model[8].out_channels)
     assert all(w % int(kept[2]) == 0 or w == 96 for w in widths), (widths, note)
     with pytest.raises(ValueError, match="allocate='measured' needs measured channel costs"):
