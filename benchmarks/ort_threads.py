@@ -40,22 +40,18 @@ from edgeslim.export import export_onnx  # noqa: E402
 from edgeslim.metrics import count  # noqa: E402
 from edgeslim.models import build_model  # noqa: E402
 from edgeslim.runtime.latency import interleaved_samples  # noqa: E402
+from edgeslim.runtime.runners import ort_session_options  # noqa: E402
 
-SETTINGS = {"no-spin": {"session.intra_op.allow_spinning": "0"},
-            "spin-in-run": {"session.force_spinning_stop": "1"},
-            "default": {}}
+# setting -> ort_session_options(allow_spinning=...): session.intra_op.allow_spinning=0,
+# session.force_spinning_stop=1 (OrtRunner's), or no entry (ONNX Runtime's default)
+SETTINGS = {"no-spin": False, "spin-in-run": True, "default": None}
 
 
-def session_run(path: str, example: np.ndarray, config: dict, threads: int | None):
+def session_run(path: str, example: np.ndarray, allow_spinning: bool | None, threads: int | None):
     """A zero-argument callable that runs one inference and returns its wall time in ms."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-    for key, value in config.items():
-        opts.add_session_config_entry(key, value)
+    opts = ort_session_options(threads, allow_spinning=allow_spinning)
     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: example}
 
@@ -66,7 +62,7 @@ def session_run(path: str, example: np.ndarray, config: dict, threads: int | Non
     return timed
 
 
-def alone(paths: dict, example: np.ndarray, config: dict, threads: int | None, runs: int, warmup: int,
+def alone(paths: dict, example: np.ndarray, allow_spinning: bool | None, threads: int | None, runs: int, warmup: int,
           rounds: int = 5) -> dict[str, float]:
     """Each model in a session of its own, the only one alive while it is timed. The runs are split
     into ``rounds`` blocks per model, taken in turn, so a neighbour who takes a core for a few seconds
@@ -74,8 +70,8 @@ def alone(paths: dict, example: np.ndarray, config: dict, threads: int | None, r
     samples: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(rounds):
         for k, path in paths.items():
-            samples[k] += interleaved_samples({k: session_run(path, example, config, threads)}, -(-runs // rounds),
-                                              warmup)[k]
+            timer = session_run(path, example, allow_spinning, threads)
+            samples[k] += interleaved_samples({k: timer}, -(-runs // rounds), warmup)[k]
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
@@ -100,13 +96,13 @@ def run(name: str, side: int, runs: int, warmup: int, threads: int | None, log) 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 paths[k] = export_onnx(m, example, Path(folder) / f"{k.replace('@', '_')}.onnx").path
-        for setting, config in SETTINGS.items():
+        for setting, allow_spinning in SETTINGS.items():
             log(f"{name}: {setting}, {len(paths)} models, {runs} runs each, interleaved then alone")
-            timers = {k: session_run(p, example.numpy(), config, threads) for k, p in paths.items()}
+            timers = {k: session_run(p, example.numpy(), allow_spinning, threads) for k, p in paths.items()}
             samples = interleaved_samples(timers, runs, warmup)
             medians = {"interleaved": {k: float(np.median(v)) for k, v in samples.items()}}
             del timers  # no session of this setting is alive while the models are timed alone
-            medians["alone"] = alone(paths, example.numpy(), config, threads, runs, warmup)
+            medians["alone"] = alone(paths, example.numpy(), allow_spinning, threads, runs, warmup)
             for mode, med in medians.items():
                 for k in models:
                     reduction = macs["dense"] / macs[k]

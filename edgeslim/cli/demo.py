@@ -1,6 +1,7 @@
 """``edgeslim demo [-o DIR]``: the whole pipeline on the embedded default."""
 from __future__ import annotations
 
+from ..compress.prune import ALLOCATIONS
 from .common import add_command, human
 
 
@@ -14,7 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--round-to", default="device", choices=("device", "none"),
                    help="device (default): channel counts measured fast in ONNX Runtime on this CPU; none: as ranked")
-    p.add_argument("--allocate", default=None, choices=("latency", "importance", "measured"),
+    p.add_argument("--allocate", default=None, choices=ALLOCATIONS,
                    help="channels across layers by importance per measured ms (default with --round-to device), "
                         "by importance alone (default with --round-to none), or measured (four cuts timed, the fastest kept)")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..compress.prune import ALLOCATIONS
 from .common import add_command, add_model_args, human, resolve_model
 from .efficiency import add_efficiency_args, render_robustness, robustness_summary
 from .finetune import add_recovery_args, add_training_args, recover, subsample, training_config
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--round-to", help="keep channel counts multiples of N, or 'device' (the --device profile's)")
     p.add_argument("--device", help="device profile (for --round-to device; 'cpu' measures this host's CPU, also for "
                                     "--target latency=Xms)")
-    p.add_argument("--allocate", default="importance", choices=("importance", "latency", "measured"),
+    p.add_argument("--allocate", default="importance", choices=ALLOCATIONS,
                    help="rank channels across groups by importance alone (default), by importance per measured "
                         "ms per MAC on the runtime, or measured: cut four ways (both rankings, widths in multiples "
                         "of 8 and 16), keep the fastest slim model (latency and measured need --round-to device "

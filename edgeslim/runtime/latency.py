@@ -17,8 +17,7 @@ if TYPE_CHECKING:
     from .runners import Runner
 
 __all__ = ["LatencyStats", "BenchResult", "stats_from_samples", "interleaved_samples", "runner_quantiles",
-           "interleaved_latency",
-           "benchmark", "DEFAULT_MAX_SPREAD"]
+           "interleaved_latency", "benchmark", "DEFAULT_MAX_SPREAD"]
 
 # (p90 - p50) / p50 above this: the machine was too noisy to trust differences of a few per cent.
 DEFAULT_MAX_SPREAD = 0.2

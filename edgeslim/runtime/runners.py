@@ -261,9 +261,11 @@ _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tens
                "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
 
 
-def ort_session_options(threads: int | None = None, allow_spinning: bool = True, optimization: str = "all"):
+def ort_session_options(threads: int | None = None, allow_spinning: bool | None = True,
+                        optimization: str = "all"):
     """ONNX Runtime session options as edgeslim times models (see :class:`OrtRunner` for why the
-    workers spin only while a run is in progress)."""
+    workers spin only while a run is in progress). ``allow_spinning``: True spins only during a run,
+    False never, None leaves ONNX Runtime's default (spinning on for a while after each run)."""
     import onnxruntime as ort
 
     levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -279,7 +281,7 @@ def ort_session_options(threads: int | None = None, allow_spinning: bool = True,
         opts.intra_op_num_threads = int(threads)
     if allow_spinning:
         opts.add_session_config_entry("session.force_spinning_stop", "1")
-    else:
+    elif allow_spinning is not None:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
