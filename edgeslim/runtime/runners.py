@@ -301,8 +301,8 @@ class OrtRunner(Runner):
 
     Inputs and outputs are bound once (I/O binding) in the memory of the device the session runs on,
     as a deployed application keeps its buffers: a timed run then holds no per-call copy of the input
-    and no output allocation. ``session.run`` with a feed dict paid 50-80 us per call here
-    (MobileNetV2, one thread), 5 % of a 1 ms slim model and next to nothing of its dense one.
+    and no output allocation. ``session.run`` with a feed dict pays both on every call, a fixed cost
+    that weighs most on small, slim models and so understates their speed-up.
     """
 
     runtime = "ort"
