@@ -52,6 +52,7 @@ from edgeslim.metrics import count
 from edgeslim.models import build_model
 from edgeslim.runtime import OrtRunner, TorchRunner, benchmark
 from edgeslim.runtime.channels import PROBE_RUNS, DeviceRounding, LatencyTable
+from edgeslim.runtime.latency import DEFAULT_MAX_SPREAD
 
 GOAL = 0.9
 
@@ -192,6 +193,17 @@ def parallel_note(rows: list[dict], threads: int | None) -> str | None:
             f" describe a machine with fewer than {n} free cores; run again when it is quiet")
 
 
+def spread_note(rows: list[dict]) -> str | None:
+    """A warning naming the cells whose timing spread ((p90 - p50) / p50) was too wide to trust: a
+    neighbour that takes a core now and then widens it without slowing dense on average."""
+    wide = [f"{r['model']} {r['variant']}@{r['ratio']:.1f} ({r['spread']:.2f})" for r in rows
+            if "error" not in r and r["spread"] > DEFAULT_MAX_SPREAD]
+    if not wide:
+        return None
+    return (f"warning: spread above {DEFAULT_MAX_SPREAD:.2f} in {len(wide)} cell(s): {', '.join(wide)}; "
+            "their quotients may be off by more than the goal's margin; run again when the machine is quiet")
+
+
 def print_table(rows: list[dict], out=sys.stdout) -> None:
     header = ("model", "ratio", "variant", "MACs (G)", "MACs red.", "p50 (ms)", "speed-up", "speed-up/MACs red.",
               "spread")
@@ -203,10 +215,11 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
                   file=out)
             continue
         mark = "" if r["variant"] == "tp" else (" ✓" if r["goal_met"] else " ✗")
+        noisy = " ⚠" if r["spread"] > DEFAULT_MAX_SPREAD else ""
         # allocate="measured" chose one allocation per cell: say which
         variant = r["variant"] + (f" ({r['allocation']})" if r.get("allocate") == "measured" else "")
         print(f"| {r['model']} | {r['ratio']:.1f} | {variant} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | "
-              f"{r['p50_ms']:.2f} | {r['speedup']:.2f}× | {r['speedup_over_macs']:.2f}{mark} | {r['spread']:.2f} |",
+              f"{r['p50_ms']:.2f} | {r['speedup']:.2f}× | {r['speedup_over_macs']:.2f}{mark} | {r['spread']:.2f}{noisy} |",
               file=out)
     dense = {r["model"]: r for r in rows if "error" not in r}
     for model, r in dense.items():
@@ -270,8 +283,8 @@ def main(argv=None) -> int:
         ours = [r for r in rows if r["variant"] != "tp" and "error" not in r]
         print(f"\nedgeslim cells meeting speed-up >= {GOAL} x MACs reduction: {sum(r['goal_met'] for r in ours)}"
               f"/{len(ours)}  ({meta['wall_s']:.0f} s, ORT {meta['onnxruntime']}, TP {meta['torch_pruning']})")
-    note = parallel_note(rows, args.threads) if args.runtime == "ort" else None
-    if note:
+    notes = [parallel_note(rows, args.threads) if args.runtime == "ort" else None, spread_note(rows)]
+    for note in filter(None, notes):
         print(note, file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -92,3 +92,29 @@ def test_width_floor_reports_the_goal_beside_the_floor():
     assert out["floor"] in ("width 8", "width 16")
     tp = rows["tp@0.7"]
     assert out["goal_ms_at_tp_macs"] == pytest.approx(rows["dense"]["p50_ms"] / (0.9 * tp["macs_reduction"]))
+
+
+def _speedup_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speedup", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speedup_flags_cells_too_noisy_to_trust():
+    import io
+
+    speedup = _speedup_module()
+    row = {"model": "resnet50", "ratio": 0.7, "variant": "tp", "macs": 3.9e8, "dense_macs": 4.1e9, "macs_reduction": 10.5,
+           "p50_ms": 6.4, "dense_p50_ms": 39.3, "speedup": 6.1, "speedup_over_macs": 0.58, "spread": 0.59,
+           "dense_spread": 0.11, "goal_met": False}
+    quiet = {**row, "variant": "ours", "spread": 0.03, "speedup_over_macs": 0.9, "goal_met": True}
+    assert speedup.spread_note([quiet]) is None
+    note = speedup.spread_note([row, quiet])
+    assert "1 cell(s)" in note and "resnet50 tp@0.7 (0.59)" in note and "ours" not in note
+    out = io.StringIO()
+    speedup.print_table([row, quiet], out)
+    lines = out.getvalue().splitlines()
+    assert lines[2].endswith("| 0.59 ⚠ |") and lines[3].endswith("| 0.03 |")
