@@ -20,7 +20,7 @@ from ..training.caper import Caper
 from ..training.data_pruning import METHODS, parse_data_pruning
 from ..training.efficiency import forward_macs, training_cost
 from ..training.lilac import Lilac
-from ..training.patchdrop import MODES, PatchDrop, attention_saliency, kept_tokens
+from ..training.patchdrop import MODES, PatchDrop, kept_tokens
 
 __all__ = ["add_efficiency_args", "efficiency_callbacks", "training_summary", "robustness_summary"]
 

@@ -1,8 +1,6 @@
 """``edgeslim inspect MODEL``: MACs, FLOPs, params, memory and a per-layer table."""
 from __future__ import annotations
 
-import torch
-
 from ..compress.fbs_condconv import fbs_cost, fbs_layers, to_fbs_condconv
 from ..metrics import count
 from .common import add_command, add_model_args, human, resolve_model

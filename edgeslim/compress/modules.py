@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.cifar import PadShortcut
-from .rules import ModuleRule, module_rule_for, register_module_rule
+from .rules import ModuleRule, register_module_rule
 from .trace import Builder, CMap, shape_of
 
 __all__ = ["SlimMultiheadAttention"]

@@ -183,7 +183,7 @@ def conv(b: Builder, node) -> Any:
         transposed, groups = False, int(arg(node, 6, "groups", 1))
     in_shape, out_shape = shape_of(x), shape_of(node)
     w_shape = shape_of(w)
-    c_in, c_out = in_shape[1], out_shape[1]
+    c_out = out_shape[1]
     spatial = math.prod(in_shape[2:] if transposed else out_shape[2:])
     macs = in_shape[0] * math.prod(w_shape) * spatial
     m = mapped(b, x)
