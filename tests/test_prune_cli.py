@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -57,6 +58,13 @@ def test_prune_measured_allocation_says_which_cut_it_kept(tmp_path, capsys, monk
     assert r["allocation"] in note and r["achieved"]["macs"] <= 0.5  # every way meets the target; rounding may overshoot
     # ResNet-20's 16-channel groups cannot shrink in multiples of 16: those cuts miss macs=0.5 and are left out
     assert r["allocation"].endswith("/8") and "importance/16 cannot reach the target" in note, note
+    # the cuts were timed interleaved with dense: the kept one's median and dense's reach the JSON and the report
+    dense_ms, slim_ms = r["dense"]["latency_ms"]["p50"], r["slim"]["latency_ms"]["p50"]
+    assert (dense_ms, slim_ms) == (r["achieved"]["dense_latency_ms"], r["achieved"]["latency_ms"])
+    assert f"dense {dense_ms:.3f} ms" in note and f"{r['allocation']} {slim_ms:.3f} ms" in note
+    assert slim_ms < dense_ms  # half the MACs of ResNet-20 at 32x32 is measurably faster, interleaved
+    report = Path(r["report"]).read_text()
+    assert "latency p50 (ms)" in report and f"{dense_ms / slim_ms:.2f}× faster" in report
 
 
 def test_inspect_reports_engine_coverage(capsys):

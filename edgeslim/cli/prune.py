@@ -94,6 +94,9 @@ def run(args) -> dict:
                "channel_groups": {"total": len(result.graph.groups), "prunable": len(result.graph.prunable_groups),
                                   "pruned": len(result.plan.groups)},
                "accuracy_before_finetune": None, "allocation": result.allocation, "notes": result.notes}
+        if "dense_latency_ms" in result.achieved:  # timed while choosing the cut (allocate="measured")
+            out["dense"]["latency_ms"] = {"p50": result.achieved["dense_latency_ms"]}
+            out["slim"]["latency_ms"] = {"p50": result.achieved["latency_ms"]}
         finetune_s = 0.0
         if data is not None:
             out["dense"]["accuracy"] = evaluate(model, data.test, dist=dist)["accuracy"]
@@ -169,6 +172,10 @@ def render(r: dict) -> None:
     print(f"{'':<14}{'dense':>14}{'slim':>14}{'ratio':>10}")
     for key in ("macs", "params"):
         print(f"{key:<14}{human(d[key]):>14}{human(s[key]):>14}{s[key] / d[key]:>10.3f}")
+    if "latency_ms" in s:
+        dl, sl = d["latency_ms"]["p50"], s["latency_ms"]["p50"]
+        print(f"{'latency p50':<14}{dl:>11.3f} ms{sl:>11.3f} ms{sl / dl:>10.3f}   ({dl / sl:.2f}× faster, "
+              "measured while choosing the cut)")
     if "accuracy" in s:
         print(f"{'accuracy %':<14}{d['accuracy']:>14.2f}{s['accuracy']:>14.2f}"
               f"   (before fine-tuning {r['accuracy_before_finetune']:.2f})")

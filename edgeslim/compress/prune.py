@@ -29,7 +29,9 @@ class PruneResult:
     plan: PruningPlan
     graph: ChannelGraph
     scores: dict[str, torch.Tensor]
-    achieved: dict[str, float]           # slim / dense: channels, macs, params (macs, params from edgeslim.count)
+    # slim / dense: channels, macs, params (macs, params from edgeslim.count); where latencies were
+    # measured (allocate="measured", prune_to_latency) also latency_ms and dense_latency_ms (medians)
+    achieved: dict[str, float]
     timing: dict[str, float]             # scoring_s (trace + criterion), surgery_s (plan + surgery + proof)
     dense: dict[str, int] = field(default_factory=dict)   # macs, flops, params, param_bytes of the input model
     slim: dict[str, int] = field(default_factory=dict)
@@ -111,28 +113,31 @@ def _allocation(allocate: str, rounding: Any, target: Mapping[str, float]):
     return lambda group: rounding.channel_cost(group, per=per)
 
 
-def _fastest(cuts: Mapping[str, tuple[Any, nn.Module]], rounding: Any, inputs: tuple) -> tuple[str, str]:
+def _fastest(cuts: Mapping[str, tuple[Any, nn.Module]], rounding: Any, model: nn.Module,
+             inputs: tuple) -> tuple[str, dict[str, float], str]:
     """``allocate="measured"``: of the slim models cut in different ways (label -> (solution, model),
-    in order of preference), the one that runs fastest, timed whole on the rounding's runtime.
+    in order of preference), the one that runs fastest, timed whole on the rounding's runtime,
+    interleaved with the dense ``model`` so the result carries its measured speed-up.
 
     Each way's model of the runtime misses something: importance ignores it; the latency ranking and
     the rounding price each group among dense neighbours, so they miss what a width costs beside
     narrow ones. Timing the candidates settles it. Among those within the rounding's tolerance of
     the fastest the first is kept: importance before latency (it keeps the more important
-    channels), finer widths before coarser. Returns the label kept and a note saying why."""
+    channels), finer widths before coarser. Returns the label kept, the measured medians
+    (``latency_ms`` of the kept model, ``dense_latency_ms``) and a note saying why."""
     distinct: dict[tuple, tuple[str, nn.Module]] = {}  # cuts with the same widths run alike: time the first
-    for label, (solution, model) in cuts.items():
+    for label, (solution, slim) in cuts.items():
         widths = tuple(sorted((g, len(k)) for g, k in solution.keep.items()))
-        distinct.setdefault(widths, (label, model))
-    if len(distinct) == 1:
-        label = next(iter(cuts))
-        return label, f"allocate='measured': {label} kept (every cut that reaches the target has its widths)"
-    ms = rounding.time_models(dict(distinct.values()), inputs)
+        distinct.setdefault(widths, (label, slim))
+    ms = rounding.time_models({"dense": model, **dict(distinct.values())}, inputs)
+    dense_ms = ms.pop("dense")
     tolerance = getattr(rounding, "tolerance", 0.0)
     chosen = next(label for label in ms if ms[label] <= min(ms.values()) * (1 + tolerance))
     timed = ", ".join(f"{label} {v:.3f} ms" for label, v in ms.items())
-    return chosen, (f"allocate='measured': {chosen} kept ({timed}; median, {rounding.runtime} on {rounding.device}, "
-                    "timed interleaved)")
+    same = "; the other cuts have the same widths" if len(distinct) == 1 < len(cuts) else ""
+    note = (f"allocate='measured': {chosen} kept ({timed}{same}; dense {dense_ms:.3f} ms; median, "
+            f"{rounding.runtime} on {rounding.device}, timed interleaved)")
+    return chosen, {"latency_ms": ms[chosen], "dense_latency_ms": dense_ms}, note
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor], method: str = "l1",
@@ -156,8 +161,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     depthwise and memory-bound layers at high resolution) and speed-up keeps up with the MACs cut;
     ``"measured"`` (same rounding) cuts four ways, both allocations with the rounding and with its
     coarser twin (``DeviceRounding.coarser``: multiples of 16 instead of 8), times the slim models
-    whole on the rounding's runtime and keeps the fastest (``allocation`` and a note say which; a
-    way that cannot reach the target is left out).
+    whole on the rounding's runtime, interleaved with the dense model, and keeps the fastest
+    (``allocation`` and a note say which; a way that cannot reach the target is left out; the
+    medians are in ``achieved["latency_ms"]`` and ``achieved["dense_latency_ms"]``).
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
@@ -230,11 +236,13 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
                 unreachable[label] = exc
         if not cuts:
             raise next(iter(unreachable.values()))
-        allocation, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding, inputs)
+        allocation, measured, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding,
+                                              model, inputs)
         notes.append(note + "".join(f"; {label} cannot reach the target" for label in unreachable))
         solution, plan, slim, error = cuts[allocation]
     else:
         solution, plan, slim, error = plan_and_cut(channel_cost, rounding)
+        measured = {}
     surgery_s = time.perf_counter() - t0
     bar.update()
     bar.close()
@@ -242,7 +250,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     dense_cost, slim_cost = count(model, inputs), count(slim, inputs)
     achieved = {"channels": solution.achieved["channels"],
                 "macs": slim_cost.macs / dense_cost.macs if dense_cost.macs else 1.0,
-                "params": slim_cost.params / dense_cost.params if dense_cost.params else 1.0}
+                "params": slim_cost.params / dense_cost.params if dense_cost.params else 1.0, **measured}
     notes += solution.notes
     for key in ("macs", "params"):
         if abs(achieved[key] - solution.achieved[key]) > 1e-3:
