@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import edgeslim
 from edgeslim.models import CifarResNet, build_model
 from edgeslim.runtime import OrtRunner, Runner, TorchRunner, benchmark, runner_for
 from edgeslim.runtime.runners import TensorRTRunner, tensorrt_available
@@ -178,6 +179,10 @@ def test_bench_cli_json(onnx_pair):
     assert r["throughput"] > 0 and r["peak_memory_bytes"] > 0
     (small,) = r["compared"]
     assert small["speedup"] > 2
+    # MACs counted on the ONNX graphs: ResNet-20 at width 64 has 16x the MACs of width 16
+    assert r["macs"] == edgeslim.count(CifarResNet(20, width=64), torch.randn(X)).macs
+    assert small["macs_reduction"] == pytest.approx(r["macs"] / small["macs"]) and 15 < small["macs_reduction"] < 17
+    assert small["speedup_over_macs"] == pytest.approx(small["speedup"] / small["macs_reduction"])
 
 
 def test_bench_cli_torch_and_errors(capsys):

@@ -1,7 +1,9 @@
 """``edgeslim bench MODEL --runtime torch|ort|trt [--device P]``: latency and memory.
 
 ``--compare OTHER...`` times further models interleaved with MODEL in the same process (the fair
-way to state a speed-up); ``--remote USER@HOST`` runs the benchmark on a device over SSH.
+way to state a speed-up) and sets each speed-up beside its MACs reduction, counted on the PyTorch
+model or the ONNX graph alike, so any pair (another tool's exports too) shows whether fewer MACs
+became time; ``--remote USER@HOST`` runs the benchmark on a device over SSH.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from .common import add_command, add_model_args
+from .common import add_command, add_model_args, human
 
 
 def add_parser(sub) -> None:
@@ -79,6 +81,21 @@ def _run_remote(args) -> dict:
     return result
 
 
+def _macs(runner) -> int | None:
+    """MACs of the model a runner times (None for a TensorRT engine, or when the ONNX graph's
+    shapes are not static)."""
+    from ..metrics import count
+    from ..metrics.onnx_count import count_onnx
+    from ..runtime import OrtRunner, TorchRunner
+
+    if isinstance(runner, TorchRunner):
+        return count(runner.model, runner.inputs).macs
+    if isinstance(runner, OrtRunner):
+        counted = count_onnx(runner.path, runner.input_shape)
+        return None if counted.unknown else counted.macs
+    return None
+
+
 def run(args) -> dict:
     if args.remote:
         return _run_remote(args)
@@ -100,7 +117,8 @@ def run(args) -> dict:
                             max_spread=args.max_spread, progress=not args.json)
         entries = []
         for key, runner in runners.items():
-            entry = {"model": key.split(":", 1)[1], **results[key].to_dict(), **runner.describe()}
+            entry = {"model": key.split(":", 1)[1], **results[key].to_dict(), **runner.describe(),
+                     "macs": _macs(runner)}
             exported = getattr(runner, "exported", None)
             if exported is not None:
                 entry["onnx"] = {"opset": exported.opset, "max_abs_diff": exported.max_abs_diff}
@@ -111,6 +129,9 @@ def run(args) -> dict:
     main, others = entries[0], entries[1:]
     for other in others:
         other["speedup"] = main["latency_ms"]["p50"] / other["latency_ms"]["p50"]
+        if main["macs"] and other["macs"]:  # the issue every pruning tool is judged on: did fewer MACs become time?
+            other["macs_reduction"] = main["macs"] / other["macs"]
+            other["speedup_over_macs"] = other["speedup"] / other["macs_reduction"]
     if others:
         main["compared"] = others
     return main
@@ -120,15 +141,18 @@ def render(r: dict) -> None:
     def line(e: dict, extra: str = "") -> str:
         lat = e["latency_ms"]
         mem = f"{e['peak_memory_bytes'] / 2**20:.1f} MiB" if e.get("peak_memory_bytes") is not None else "—"
+        macs = f"  {human(e['macs'])} MACs" if e.get("macs") else ""
         return (f"{e['model'][:38]:<38} p50 {lat['p50']:9.3f}  p90 {lat['p90']:9.3f}  p99 {lat['p99']:9.3f} ms  "
-                f"{e['throughput']:9.1f}/s  mem {mem}{extra}")
+                f"{e['throughput']:9.1f}/s  mem {mem}{macs}{extra}")
 
     where = r.get("remote", {}).get("host")
     print(f"{r['runtime']} on {r['device']}{' at ' + where if where else ''}, batch {r['batch']}, "
           f"{r['runs']} runs after {r['warmup']} warm-up" + (", interleaved" if r.get("compared") else ""))
     print(line(r))
     for other in r.get("compared", []):
-        print(line(other, f"  speed-up {other['speedup']:.2f}x"))
+        per_macs = (f" for {other['macs_reduction']:.2f}x fewer MACs ({other['speedup_over_macs']:.2f})"
+                    if "macs_reduction" in other else "")
+        print(line(other, f"  speed-up {other['speedup']:.2f}x{per_macs}"))
     for e in [r, *r.get("compared", [])]:
         for w in e.get("warnings", []):
             print(f"warning ({e['model']}): {w}")
