@@ -82,8 +82,8 @@ def _run_remote(args) -> dict:
 
 
 def _macs(runner) -> int | None:
-    """MACs of the model a runner times (None for a TensorRT engine, or when the ONNX graph's
-    shapes are not static)."""
+    """MACs of the model a runner times (None for a TensorRT engine, or when a run of the ONNX graph
+    did not give the shapes of every convolution and matrix product)."""
     from ..metrics import count
     from ..metrics.onnx_count import count_onnx
     from ..runtime import OrtRunner, TorchRunner
