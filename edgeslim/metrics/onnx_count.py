@@ -33,39 +33,29 @@ class OnnxCount:
         return 2 * self.macs
 
 
-def _shapes(model, names: set[str]) -> dict[str, list[int]]:
-    """The shapes of ``names`` (and of every initializer) in one run of ``model`` on random inputs."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
+def _shapes(model, names: set[str], input_shape: Sequence[int] | None) -> dict[str, list[int]]:
+    """The shapes of ``names`` (and of every initializer) in one run of ``model`` by an
+    :class:`~edgeslim.runtime.OrtRunner` (its random inputs, dynamic dimensions from ``input_shape``
+    or 1), with graph optimizations off so every value stays as written."""
+    import tempfile
 
-    from ..runtime.runners import _ORT_DTYPES
+    import onnx
+
+    from ..runtime.runners import OrtRunner
 
     shapes = {init.name: list(init.dims) for init in model.graph.initializer}
-    wanted = [n for n in names if n not in shapes]
-    known_outputs = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in known_outputs)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every value as written
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    rng, feeds = np.random.default_rng(0), {}
-    for spec in session.get_inputs():
-        feeds[spec.name] = rng.standard_normal(spec.shape).astype(_ORT_DTYPES.get(spec.type, np.float32))
-    names_out = [o.name for o in session.get_outputs()]
-    for name, value in zip(names_out, session.run(names_out, feeds)):
-        shapes[name] = list(np.shape(value))
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in shapes and n not in outputs)
+    with tempfile.TemporaryDirectory(prefix="edgeslim-count-") as folder:
+        path = os.path.join(folder, "model.onnx")
+        onnx.save(model, path)
+        runner = OrtRunner(path, input_shape=input_shape, optimization="none")
+        try:
+            values = runner.prepare().run_once()
+            shapes.update((o.name, list(v.shape())) for o, v in zip(model.graph.output, values))
+        finally:
+            runner.close()
     return shapes
-
-
-def _fix_inputs(model, input_shape: Sequence[int] | None) -> None:
-    """Give every dynamic dimension of the graph inputs a value (``input_shape`` for the first, else 1)."""
-    weights = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in weights]
-    for k, spec in enumerate(inputs):
-        for d, dim in enumerate(spec.type.tensor_type.shape.dim):
-            if not (dim.HasField("dim_value") and dim.dim_value > 0):
-                dim.dim_value = int(input_shape[d]) if k == 0 and input_shape and d < len(input_shape) else 1
 
 
 def _node_macs(node, shapes) -> int | None:
@@ -92,9 +82,8 @@ def count_onnx(path: str | os.PathLike, input_shape: Sequence[int] | None = None
     import onnx
 
     model = onnx.load(str(path))
-    _fix_inputs(model, input_shape)
     nodes = [n for n in model.graph.node if n.op_type in _CONVS or n.op_type in _MATMULS]
-    shapes = _shapes(model, {name for n in nodes for name in (*n.input, n.output[0]) if name})
+    shapes = _shapes(model, {name for n in nodes for name in (*n.input, n.output[0]) if name}, input_shape)
     macs, counted, unknown = 0, 0, []
     for node in nodes:
         n = _node_macs(node, shapes)

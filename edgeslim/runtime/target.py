@@ -46,11 +46,11 @@ def time_interleaved(models: Mapping[str, nn.Module], example_inputs: torch.Tens
         runners = {}
         for key, model in models.items():
             if runtime == "torch":
-                runners[key] = TorchRunner(model.eval(), inputs, device=device)
+                runners[key] = TorchRunner(model, inputs, device=device)  # times an eval-mode copy
                 continue
-            with warnings.catch_warnings():
+            with warnings.catch_warnings():  # export_onnx exports in eval mode, then restores the mode
                 warnings.simplefilter("ignore")
-                path = export_onnx(model.eval(), inputs[0], Path(folder) / f"model{len(runners)}.onnx",
+                path = export_onnx(model, inputs[0], Path(folder) / f"model{len(runners)}.onnx",
                                    simplify=False).path
             runners[key] = OrtRunner(path, inputs=inputs, device=device, threads=threads)
         return runner_quantiles(runners, runs, warmup, quantile)
