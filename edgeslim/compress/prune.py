@@ -200,7 +200,18 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 
     def plan_and_cut(channel_cost, rounding):
         context["rounding"] = rounding  # a latency target's estimate reads the probes of the rounding in use
-        solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
+        try:
+            solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
+        except UnreachableTarget:
+            # A measured rounding keeps channels its probes found free (within its tolerance, or
+            # faster on a noisy machine); the target comes first: round up to plain multiples.
+            if not getattr(rounding, "alignments", None):
+                raise
+            step = rounding.alignments[0]
+            rounding = resolve_rounding(step, device)
+            solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
+            notes.append(f"the measured widths cannot reach the target: channel counts rounded up to multiples of "
+                         f"{step} instead")
         plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
         for _ in range(3 if verify else 0):
             if error < EQUIVALENCE_TOLERANCE:
