@@ -333,3 +333,7 @@ def test_a_target_the_measured_widths_cannot_reach_falls_back_to_plain_multiples
     assert any("rounded up to multiples of 8" in n for n in result.notes), result.notes
     widths = [m.out_channels for m in result.model if isinstance(m, nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths), widths
+    # Cut four ways, each falls back; the notes describe the kept cut only, so the fallback is said once.
+    measured = edgeslim.prune(net, x, target={"macs": 0.25}, round_to=generous, allocate="measured", progress=False)
+    assert measured.achieved["macs"] <= 0.25
+    assert sum("rounded up to multiples of" in n for n in measured.notes) == 1, measured.notes

@@ -199,7 +199,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     notes: list[str] = []
 
     def plan_and_cut(channel_cost, rounding):
+        """solution, plan, slim model, equivalence error and the notes that belong to this cut alone."""
         context["rounding"] = rounding  # a latency target's estimate reads the probes of the rounding in use
+        own_notes = []
         try:
             solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
         except UnreachableTarget:
@@ -210,8 +212,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
             step = rounding.alignments[0]
             rounding = resolve_rounding(step, device)
             solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
-            notes.append(f"the measured widths cannot reach the target: channel counts rounded up to multiples of "
-                         f"{step} instead")
+            own_notes.append(f"the measured widths cannot reach the target: channel counts rounded up to "
+                             f"multiples of {step} instead")
         plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
         for _ in range(3 if verify else 0):
             if error < EQUIVALENCE_TOLERANCE:
@@ -224,6 +226,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
                 g.prunable = False
                 g.reason = ("cutting it breaks the model (failed the equivalence check; a Python constant in "
                             "forward() probably pins its channel count)")
+            # Marking the groups holds for every later cut too, so this note is not the cut's own.
             notes.append(f"kept whole because cutting them failed the equivalence check: {', '.join(broken)}")
             solution = solve(graph, scores, target, rounding, min_keep, context=context, channel_cost=channel_cost)
             plan, slim, error = _cut(model, graph, solution.keep, inputs, verify)
@@ -232,7 +235,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
                 f"surgery check failed: the slim model differs from the masked original by {error:.2e} (relative). "
                 "A Python constant in forward() probably pins a channel count that edgeslim cut; keep that part "
                 "with ignore=[module path] or register a module rule that rewrites it.")
-        return solution, plan, slim, error
+        return solution, plan, slim, error, own_notes
 
     allocation = allocate
     if allocate == "measured":
@@ -250,10 +253,11 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         allocation, measured, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding,
                                               model, inputs)
         notes.append(note + "".join(f"; {label} cannot reach the target" for label in unreachable))
-        solution, plan, slim, error = cuts[allocation]
+        solution, plan, slim, error, cut_notes = cuts[allocation]
     else:
-        solution, plan, slim, error = plan_and_cut(channel_cost, rounding)
+        solution, plan, slim, error, cut_notes = plan_and_cut(channel_cost, rounding)
         measured = {}
+    notes += cut_notes
     surgery_s = time.perf_counter() - t0
     bar.update()
     bar.close()
