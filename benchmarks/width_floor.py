@@ -11,8 +11,15 @@ pruned model with more channels everywhere does more work through the same nodes
 prints the latency that issue 8's goal (speed-up >= 0.9 x MACs reduction) demands at Torch-Pruning's
 MACs; when that lies near or below the floor, no choice of channel counts can meet it.
 
+``--random N`` adds N random width profiles at exactly Torch-Pruning's MACs (each group a random
+fraction of its channels, in multiples of ``--multiple``, scaled together to the MACs): a search
+for the fastest model a latency oracle could pick there, blind to which channels matter. The best
+of them is an optimistic estimate (the best of N noisy medians), so when even it misses the goal,
+the cell is out of reach of channel counts alone, not only of edgeslim's allocation.
+
     python benchmarks/width_floor.py                          # mobilenet_v2, ONNX Runtime's default threads
     python benchmarks/width_floor.py --threads 1 --model resnet50
+    python benchmarks/width_floor.py --tp-ratio 0.5 --random 30
     python benchmarks/width_floor.py --json
 """
 from __future__ import annotations
@@ -24,12 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speedup import GOAL, ONE_THREAD, make_runner, parallel_check, parallel_note, prune_tp  # noqa: E402
 
 from edgeslim.compress import apply_plan, make_plan, trace  # noqa: E402
+from edgeslim.compress.targets import CostModel  # noqa: E402
 from edgeslim.metrics import count  # noqa: E402
 from edgeslim.models import build_model  # noqa: E402
 from edgeslim.runtime import benchmark  # noqa: E402
@@ -42,14 +51,53 @@ def uniform_width(model: torch.nn.Module, example: torch.Tensor, width: int) -> 
     return apply_plan(model, make_plan(graph, keep)).eval()
 
 
+def random_widths(graph, macs_ratio: float, multiple: int, rng: np.random.Generator) -> dict[str, int] | None:
+    """A random channel count per prunable group (a random fraction of its size in multiples of
+    ``multiple``; a group no larger stays whole), all scaled together so the model keeps
+    ``macs_ratio`` of its MACs (within 3 %); None when the rounding cannot land that close."""
+    cost, groups = CostModel(graph), graph.prunable_groups
+    fractions = rng.uniform(0.2, 1.0, len(groups))
+
+    def widths(scale: float) -> dict[str, int]:
+        return {g.id: min(g.size, max(multiple, multiple * round(g.size * f * scale / multiple)))
+                for g, f in zip(groups, fractions)}
+
+    def kept_macs(w: dict[str, int]) -> float:
+        kept = np.ones(graph.num_classes, dtype=bool)
+        for g in groups:
+            kept[g.classes[w[g.id]:]] = False
+        return cost.macs(kept) / cost.macs_dense
+
+    lo, hi = 0.0, 1 / fractions.min()  # at hi every group is whole
+    for _ in range(40):  # the largest scale whose model stays within the MACs
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kept_macs(widths(mid)) <= macs_ratio else (lo, mid)
+    w = widths(lo)
+    return w if kept_macs(w) >= macs_ratio * 0.97 else None
+
+
+def cut_to(model: torch.nn.Module, graph, widths: dict[str, int]) -> torch.nn.Module:
+    keep = {g.id: list(range(widths[g.id])) for g in graph.prunable_groups if widths[g.id] < g.size}
+    return apply_plan(model, make_plan(graph, keep)).eval()
+
+
 def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, warmup: int,
-        threads: int | None) -> dict:
+        threads: int | None, random: int = 0, multiple: int = 16, seed: int = 0) -> dict:
     torch.manual_seed(0)
     example = torch.randn(1, 3, side, side)
     dense = build_model(name if ":" in name else f"torchvision:{name}").eval()
-    variants = {"dense": dense, f"tp@{tp_ratio}": prune_tp(dense, example, tp_ratio)}
+    tp = prune_tp(dense, example, tp_ratio)
+    variants = {"dense": dense, f"tp@{tp_ratio}": tp}
     for w in widths:
         variants[f"width {w}"] = uniform_width(dense, example, w)
+    graph, rng = trace(dense, (example,)), np.random.default_rng(seed)
+    tp_macs_ratio = count(tp, example).macs / count(dense, example).macs
+    for i in range(10 * random):  # a profile the rounding cannot land near the MACs is drawn again
+        if sum(k.startswith("random ") for k in variants) == random:
+            break
+        profile = random_widths(graph, tp_macs_ratio, multiple, rng)
+        if profile:
+            variants[f"random {sum(k.startswith('random ') for k in variants) + 1}"] = cut_to(dense, graph, profile)
     with tempfile.TemporaryDirectory(prefix="edgeslim-floor-") as folder:
         runners = {k: make_runner(m, example, "ort", "cpu", folder, k.replace(" ", "-"), threads)
                    for k, m in variants.items()}
@@ -69,25 +117,42 @@ def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, war
                      "dense_parallel_speedup": one.latency_ms.p50 / d.p50 if one else None})
     tp = next(r for r in rows if r["variant"].startswith("tp@"))
     floor = min((r for r in rows if r["variant"].startswith("width ")), key=lambda r: r["p50_ms"], default=None)
+    best = max((r for r in rows if r["variant"].startswith("random ")), key=lambda r: r["speedup_over_macs"],
+               default=None)  # their MACs differ by up to 3 %: the best is the one closest to the goal
     return {"rows": rows, "goal_ms_at_tp_macs": d.p50 / (GOAL * tp["macs_reduction"]),
-            "tp_macs_reduction": tp["macs_reduction"], "floor": floor and floor["variant"]}
+            "tp_macs_reduction": tp["macs_reduction"], "floor": floor and floor["variant"],
+            "best_random": best and best["variant"], "multiple": multiple}
 
 
 def print_table(out: dict, tp_ratio: float, file=sys.stdout) -> None:
     header = ("variant", "MACs (G)", "MACs red.", "p50 (ms)", "speed-up", "speed-up/MACs red.", "spread")
     print("| " + " | ".join(header) + " |", file=file)
     print("|" + "---|" * len(header), file=file)
+    randoms = [r for r in out["rows"] if r["variant"].startswith("random ")]
     for r in out["rows"]:
-        print(f"| {r['variant']} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | {r['p50_ms']:.3f} | "
+        if r in randoms and r["variant"] != out["best_random"]:
+            continue  # the random profiles are summarised below the table; their best is the row
+        label = (f"best of {len(randoms)} random (/{out['multiple']})" if r["variant"] == out["best_random"]
+                 else r["variant"])
+        print(f"| {label} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | {r['p50_ms']:.3f} | "
               f"{r['speedup']:.2f}× | {r['speedup_over_macs']:.2f} | {r['spread']:.2f} |", file=file)
     gain = out["rows"][0]["dense_parallel_speedup"]  # the same on every row
     if gain:
         print(f"\ndense: {gain:.2f}× faster than on one thread", file=file)
+    if randoms:
+        q = sorted(r["speedup_over_macs"] for r in randoms)
+        red = sorted(r["macs_reduction"] for r in randoms)
+        print(f"\n{len(randoms)} random width profiles (multiples of {out['multiple']}, {red[0]:.2f}–{red[-1]:.2f}× "
+              f"fewer MACs): speed-up/MACs red. {q[0]:.2f} (min), {q[len(q) // 2]:.2f} (median), {q[-1]:.2f} (max)",
+              file=file)
     floor = next((r for r in out["rows"] if r["variant"] == out["floor"]), None)
+    best = next((r for r in randoms if r["variant"] == out["best_random"]), None)
     print(f"\nthe goal at Torch-Pruning's MACs (r = {tp_ratio}, {out['tp_macs_reduction']:.2f}× fewer) needs "
           f"p50 <= {out['goal_ms_at_tp_macs']:.3f} ms" +
           (f"; the fastest uniform width ({floor['variant']}, {floor['macs_reduction']:.2f}× fewer MACs) runs "
-           f"{floor['p50_ms']:.3f} ms" if floor else ""), file=file)
+           f"{floor['p50_ms']:.3f} ms" if floor else "") +
+          (f"; the best random profile ({best['macs_reduction']:.2f}× fewer) runs {best['p50_ms']:.3f} ms, "
+           f"{best['speedup_over_macs']:.2f} of its MACs reduction" if best else ""), file=file)
 
 
 def main(argv=None) -> int:
@@ -99,6 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--random", type=int, default=0, help="random width profiles at Torch-Pruning's MACs (default 0)")
+    p.add_argument("--multiple", type=int, default=16, help="their channel counts in multiples of this (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random profiles")
     p.add_argument("--quick", action="store_true", help="smoke run: 32x32 input, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)
@@ -106,11 +174,12 @@ def main(argv=None) -> int:
         args.input, args.runs, args.warmup = 32, 5, 1
     t0 = time.perf_counter()
     widths = [int(w) for w in args.widths.split(",") if w]
-    out = run(args.model, widths, args.tp_ratio, args.input, args.runs, args.warmup, args.threads)
+    out = run(args.model, widths, args.tp_ratio, args.input, args.runs, args.warmup, args.threads,
+              args.random, args.multiple, args.seed)
     import onnxruntime
 
     out["meta"] = {"model": args.model, "input": [1, 3, args.input, args.input], "threads": args.threads,
-                   "runs": args.runs, "warmup": args.warmup, "tp_ratio": args.tp_ratio,
+                   "runs": args.runs, "warmup": args.warmup, "tp_ratio": args.tp_ratio, "seed": args.seed,
                    "onnxruntime": onnxruntime.__version__, "wall_s": time.perf_counter() - t0}
     if args.json:
         print(json.dumps(out))

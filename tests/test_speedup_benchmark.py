@@ -81,17 +81,41 @@ def test_width_floor_cuts_every_group_to_the_width():
 
 
 def test_width_floor_reports_the_goal_beside_the_floor():
-    """benchmarks/width_floor.py on tiny inputs: every width timed beside dense and Torch-Pruning."""
+    """benchmarks/width_floor.py on tiny inputs: every width and two random profiles at Torch-Pruning's
+    MACs timed beside dense and Torch-Pruning."""
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "width_floor.py"), "--quick", "--widths", "8,16",
-                           "--json"], capture_output=True, text=True, timeout=300)
+                           "--random", "2", "--json"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     rows = {r["variant"]: r for r in out["rows"]}
-    assert list(rows) == ["dense", "tp@0.7", "width 8", "width 16"]
+    assert list(rows) == ["dense", "tp@0.7", "width 8", "width 16", "random 1", "random 2"]
     assert rows["width 8"]["macs"] < rows["width 16"]["macs"] < rows["dense"]["macs"]
     assert out["floor"] in ("width 8", "width 16")
     tp = rows["tp@0.7"]
     assert out["goal_ms_at_tp_macs"] == pytest.approx(rows["dense"]["p50_ms"] / (0.9 * tp["macs_reduction"]))
+    for key in ("random 1", "random 2"):  # counted on the cut model: at Torch-Pruning's MACs, or up to 3 % fewer
+        assert tp["macs_reduction"] <= rows[key]["macs_reduction"] <= tp["macs_reduction"] / 0.97 + 1e-9
+    assert out["best_random"] == max(("random 1", "random 2"), key=lambda k: rows[k]["speedup_over_macs"])
+
+
+def test_width_floor_random_profiles_are_aligned_and_keep_the_macs():
+    import numpy as np
+    import torch
+    import torchvision
+
+    x = torch.randn(1, 3, 64, 64)
+    dense = torchvision.models.mobilenet_v2().eval()
+    module = _width_floor_module()
+    graph = edgeslim.trace(dense, (x,))
+    rng = np.random.default_rng(1)
+    profiles = [p for p in (module.random_widths(graph, 0.25, 16, rng) for _ in range(3)) if p]
+    assert len(profiles) >= 2 and profiles[0] != profiles[1]  # random, and most land on the MACs
+    for widths in profiles:
+        sizes = {g.id: g.size for g in graph.prunable_groups}
+        assert all(n == sizes[g] or n % 16 == 0 for g, n in widths.items()), widths
+        slim = module.cut_to(dense, graph, widths)
+        ratio = edgeslim.metrics.count(slim, x).macs / edgeslim.metrics.count(dense, x).macs
+        assert 0.25 * 0.97 <= ratio <= 0.25 + 1e-9, ratio
 
 
 def _speedup_module():
