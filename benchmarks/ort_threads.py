@@ -8,7 +8,8 @@ Three thread-pool settings, each timed two ways:
                 (session.force_spinning_stop=1; what OrtRunner uses)
   default       ONNX Runtime's default: workers keep spinning for a while after run() returns
 
-  interleaved   all models of one setting timed round-robin in one process (as benchmarks/speedup.py)
+  interleaved   all models of one setting timed interleaved in one process, in blocks of runs in a row
+                (the harness's way, as benchmarks/speedup.py)
   alone         each model in a session of its own, the only one alive while it is timed
                 (as a deployed model runs), in 5 blocks per model taken in turn
 

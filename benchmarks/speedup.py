@@ -196,8 +196,8 @@ def parallel_note(rows: list[dict], threads: int | None) -> str | None:
 def spread_note(rows: list[dict]) -> str | None:
     """A warning naming the cells whose timing spread ((p90 - p50) / p50) was too wide to trust: a
     neighbour that takes a core now and then widens it without slowing dense on average."""
-    wide = [f"{r['model']} {r['variant']}@{r['ratio']:.1f} ({r['spread']:.2f})" for r in rows
-            if "error" not in r and r["spread"] > DEFAULT_MAX_SPREAD]
+    wide = [f"{r['model']} {r['variant']}" + (f"@{r['ratio']:.1f}" if "ratio" in r else "") + f" ({r['spread']:.2f})"
+            for r in rows if "error" not in r and r["spread"] > DEFAULT_MAX_SPREAD]
     if not wide:
         return None
     return (f"warning: spread above {DEFAULT_MAX_SPREAD:.2f} in {len(wide)} cell(s): {', '.join(wide)}; "

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speedup import GOAL, ONE_THREAD, make_runner, parallel_check, parallel_note, prune_tp  # noqa: E402
+from speedup import (GOAL, ONE_THREAD, make_runner, parallel_check, parallel_note, prune_tp,  # noqa: E402
+                     spread_note)
 
 from edgeslim.compress import apply_plan, make_plan, trace  # noqa: E402
 from edgeslim.compress.targets import CostModel  # noqa: E402
@@ -186,8 +187,8 @@ def main(argv=None) -> int:
     else:
         print_table(out, args.tp_ratio)
         print(f"({out['meta']['wall_s']:.0f} s, ORT {onnxruntime.__version__})")
-    note = parallel_note(out["rows"][:1], args.threads)  # one row: the dense gain is the same on all
-    if note:
+    notes = [parallel_note(out["rows"][:1], args.threads), spread_note(out["rows"])]  # dense gain: same on all rows
+    for note in filter(None, notes):
         print(note, file=sys.stderr if args.json else sys.stdout)
     return 0
 

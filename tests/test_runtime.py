@@ -121,6 +121,30 @@ def test_ort_workers_spin_only_during_a_run(onnx_pair):
     assert runner.time_once() > 0
 
 
+def test_interleaving_runs_each_model_in_blocks_and_drops_each_blocks_first_run():
+    """A model runs a few times in a row, and the first run of each block, which pays for the caches
+    the other model emptied, is not a sample; blocks alternate between models (A B, B A)."""
+    from edgeslim.runtime.latency import interleaved_samples
+
+    calls = []
+
+    def timer(name):
+        def call():
+            calls.append(name)
+            return float(len(calls))  # the call's position: tells which calls became samples
+        return call
+
+    samples = interleaved_samples({"a": timer("a"), "b": timer("b")}, runs=6, warmup=1, block=3)
+    assert calls[:2] == ["a", "b"]  # warm-up
+    blocks = ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert calls[2:] == blocks
+    assert samples == {"a": [4.0, 5.0, 13.0, 14.0, 16.0, 17.0], "b": [7.0, 8.0, 10.0, 11.0, 19.0, 20.0]}
+    single = interleaved_samples({"a": timer("a")}, runs=4, warmup=0, block=1)
+    assert len(single["a"]) == 4 and calls[-4:] == ["a"] * 4
+    with pytest.raises(ValueError, match="block"):
+        interleaved_samples({"a": timer("a")}, runs=4, warmup=0, block=0)
+
+
 def test_wide_spread_is_flagged():
     res = benchmark(_Sleeper(), runs=30, warmup=0, memory=False, max_spread=0.2)
     assert res.latency_ms.p90 > 2 * res.latency_ms.p50

@@ -142,3 +142,20 @@ def test_speedup_flags_cells_too_noisy_to_trust():
     speedup.print_table([row, quiet], out)
     lines = out.getvalue().splitlines()
     assert lines[2].endswith("| 0.59 ⚠ |") and lines[3].endswith("| 0.03 |")
+
+
+def test_timing_blocks_times_every_model_under_every_protocol():
+    """benchmarks/timing_blocks.py on tiny inputs: single runs, blocks and alone, for every model."""
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "timing_blocks.py"), "--quick", "--ratios", "0.5",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["protocols"] == ["single", "blocks of 2", "blocks of 5", "blocks of 10", "alone"]
+    assert out["variants"] == ["dense", "tp@0.5", "ours@tp0.5"]
+    rows = {(r["protocol"], r["variant"]): r for r in out["rows"]}
+    assert set(rows) == {(p, v) for p in out["protocols"] for v in out["variants"]}
+    for (protocol, variant), r in rows.items():
+        assert r["p50_ms"] > 0
+        assert r["speedup"] == pytest.approx(rows[protocol, "dense"]["p50_ms"] / r["p50_ms"])
+    tp, ours = rows["single", "tp@0.5"], rows["single", "ours@tp0.5"]
+    assert ours["macs_reduction"] == pytest.approx(tp["macs_reduction"], rel=0.05)  # matched MACs

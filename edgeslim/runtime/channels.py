@@ -42,7 +42,7 @@ __all__ = ["LayerSpec", "GroupSpec", "LatencyTable", "DeviceRounding", "LatencyM
 
 TABLE_FORMAT = 2  # 2: entries hold batches of widths measured together
 # Bumped whenever the probe network or the way it is timed changes, so that old measurements are not reused.
-PROBE_VERSION = 6
+PROBE_VERSION = 7  # 7: probes timed in blocks of runs in a row (latency.BLOCK)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The latency harness: warm-up, many timed runs, percentiles, throughput, peak memory; several
 models interleaved in one process.
 
-Interleaving (A B, B A, A B, ...) in one process exposes every model to the same machine noise, so
-their ratio is trustworthy even on a shared, noisy host where absolute numbers drift. The harness
-says so when the spread of the samples is too wide to trust small differences.
+Interleaving in one process (a few runs of A, of B, of B, of A, ...) exposes every model to the same
+machine noise, so their ratio is trustworthy even on a shared, noisy host where absolute numbers
+drift. Each model runs a short block of runs in a row and the first run of a block is dropped: it
+pays for the caches the other models emptied, which a deployed model running back to back never
+pays. The harness says so when the spread of the samples is too wide to trust small differences.
 """
 from __future__ import annotations
 
@@ -21,6 +23,12 @@ __all__ = ["LatencyStats", "BenchResult", "stats_from_samples", "interleaved_sam
 
 # (p90 - p50) / p50 above this: the machine was too noisy to trust differences of a few per cent.
 DEFAULT_MAX_SPREAD = 0.2
+
+# Runs of one model in a row when several are timed interleaved; the first of each block is dropped.
+# Timing single runs round-robin charged small models for the caches the other models had emptied
+# (a slim MobileNetV2 10-20 % slower than back to back, dense 1-2 %); blocks of 10 agree with each
+# model timed alone (benchmarks/timing_blocks.py).
+BLOCK = 10
 
 
 @dataclass
@@ -50,16 +58,21 @@ def stats_from_samples(ms: list[float] | np.ndarray) -> LatencyStats:
 
 
 def interleaved_samples(timers: dict[str, Callable[[], float]], runs: int, warmup: int, progress: bool = False,
-                        desc: str = "timing") -> dict[str, list[float]]:
-    """Call each timer ``warmup`` times, then ``runs`` times round-robin; returns the samples (ms)."""
+                        desc: str = "timing", block: int = BLOCK) -> dict[str, list[float]]:
+    """Call each timer ``warmup`` times, then round-robin in blocks of ``block`` calls in a row, the
+    first of each block dropped (``block=1``: single calls, none dropped), until each has ``runs``
+    samples; returns the samples (ms)."""
     if runs < 1:
         raise ValueError(f"runs must be at least 1 (got {runs})")
+    if block < 1:
+        raise ValueError(f"block must be at least 1 (got {block})")
     for timer in timers.values():
         for _ in range(warmup):
             timer()
     samples: dict[str, list[float]] = {k: [] for k in timers}
     order = list(timers)
-    rounds = range(runs)
+    kept = max(1, block - 1)
+    rounds = range(-(-runs // kept))
     if progress:
         from tqdm import tqdm
 
@@ -67,12 +80,13 @@ def interleaved_samples(timers: dict[str, Callable[[], float]], runs: int, warmu
     for i in rounds:
         # Alternate the order every round (A B, B A, ...) so no model always runs right after another.
         for key in (order if i % 2 == 0 else order[::-1]):
-            samples[key].append(timers[key]())
-    return samples
+            timed = [timers[key]() for _ in range(block)]
+            samples[key] += timed[block - kept:]
+    return {k: v[:runs] for k, v in samples.items()}
 
 
 def runner_quantiles(runners: dict, runs: int, warmup: int, quantile: float = 50) -> dict:
-    """Prepare the runners, time them round-robin (:func:`interleaved_samples`), close them; the
+    """Prepare the runners, time them interleaved in blocks (:func:`interleaved_samples`), close them; the
     ``quantile`` of each one's samples (ms), under the same keys."""
     try:
         for r in runners.values():
@@ -85,7 +99,8 @@ def runner_quantiles(runners: dict, runs: int, warmup: int, quantile: float = 50
 
 
 def interleaved_latency(fns: dict[str, Callable[[], object]], runs: int = 100, warmup: int = 10) -> dict[str, LatencyStats]:
-    """Time each zero-argument callable ``runs`` times, round-robin, after ``warmup`` calls each (ms)."""
+    """Time each zero-argument callable ``runs`` times, interleaved in blocks (:func:`interleaved_samples`),
+    after ``warmup`` calls each (ms)."""
 
     def wall_clock(fn):
         def timer() -> float:
@@ -129,7 +144,8 @@ def benchmark(runners: "Runner | dict[str, Runner]", runs: int = 100, warmup: in
 
     Each runner is prepared first (model loaded, session or engine built); with ``memory`` its peak
     memory is measured in a short separate pass, so the sampling never perturbs the timed runs.
-    Then all runners are warmed up and timed round-robin. A result whose (p90 - p50) / p50 exceeds
+    Then all runners are warmed up and timed interleaved, a block of runs in a row each
+    (:data:`BLOCK`, the first of each block dropped). A result whose (p90 - p50) / p50 exceeds
     ``max_spread`` carries a warning: the machine was too noisy for small differences.
     """
     single = not isinstance(runners, dict)
