@@ -26,8 +26,8 @@ DEFAULT_MAX_SPREAD = 0.2
 
 # Runs of one model in a row when several are timed interleaved; the first of each block is dropped.
 # Timing single runs round-robin charged small models for the caches the other models had emptied
-# (a slim MobileNetV2 10-20 % slower than back to back, dense 1-2 %); blocks of 10 agree with each
-# model timed alone (benchmarks/timing_blocks.py).
+# (slim MobileNetV2s 10-40 % slower than in blocks, dense within 2 %); blocks of 10 agree with each
+# model timed alone within about 3 % (benchmarks/timing_blocks.py).
 BLOCK = 10
 
 
