@@ -14,8 +14,9 @@ MACs; when that lies near or below the floor, no choice of channel counts can me
 ``--random N`` adds N random width profiles at exactly Torch-Pruning's MACs (each group a random
 fraction of its channels, in multiples of ``--multiple``, scaled together to the MACs): a search
 for the fastest model a latency oracle could pick there, blind to which channels matter. The best
-of them is an optimistic estimate (the best of N noisy medians), so when even it misses the goal,
-the cell is out of reach of channel counts alone, not only of edgeslim's allocation.
+of them is an optimistic estimate (the best of N noisy medians) from a blind search: when it meets
+the goal, channel counts exist that do, whatever edgeslim's allocation reaches; when even it misses
+widely, the cell is probably out of reach of channel counts alone.
 
     python benchmarks/width_floor.py                          # mobilenet_v2, ONNX Runtime's default threads
     python benchmarks/width_floor.py --threads 1 --model resnet50
@@ -45,11 +46,17 @@ from edgeslim.models import build_model  # noqa: E402
 from edgeslim.runtime import benchmark  # noqa: E402
 
 
+def cut_to(model: torch.nn.Module, graph, widths: dict[str, int]) -> torch.nn.Module:
+    """``model`` physically cut to ``widths`` (group id -> channels kept; which ones does not matter
+    for latency: the first)."""
+    keep = {g.id: list(range(widths[g.id])) for g in graph.prunable_groups if widths[g.id] < g.size}
+    return apply_plan(model, make_plan(graph, keep)).eval()
+
+
 def uniform_width(model: torch.nn.Module, example: torch.Tensor, width: int) -> torch.nn.Module:
     """``model`` with every prunable channel group cut to ``min(width, size)`` channels."""
     graph = trace(model, (example,))
-    keep = {g.id: list(range(width)) for g in graph.prunable_groups if g.size > width}
-    return apply_plan(model, make_plan(graph, keep)).eval()
+    return cut_to(model, graph, {g.id: min(width, g.size) for g in graph.prunable_groups})
 
 
 def random_widths(graph, macs_ratio: float, multiple: int, rng: np.random.Generator) -> dict[str, int] | None:
@@ -77,11 +84,6 @@ def random_widths(graph, macs_ratio: float, multiple: int, rng: np.random.Genera
     return w if kept_macs(w) >= macs_ratio * 0.97 else None
 
 
-def cut_to(model: torch.nn.Module, graph, widths: dict[str, int]) -> torch.nn.Module:
-    keep = {g.id: list(range(widths[g.id])) for g in graph.prunable_groups if widths[g.id] < g.size}
-    return apply_plan(model, make_plan(graph, keep)).eval()
-
-
 def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, warmup: int,
         threads: int | None, random: int = 0, multiple: int = 16, seed: int = 0) -> dict:
     torch.manual_seed(0)
@@ -93,12 +95,13 @@ def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, war
         variants[f"width {w}"] = uniform_width(dense, example, w)
     graph, rng = trace(dense, (example,)), np.random.default_rng(seed)
     tp_macs_ratio = count(tp, example).macs / count(dense, example).macs
-    for i in range(10 * random):  # a profile the rounding cannot land near the MACs is drawn again
-        if sum(k.startswith("random ") for k in variants) == random:
+    profiles = []
+    for _ in range(10 * random):  # a profile the rounding cannot land near the MACs is drawn again
+        if len(profiles) == random:
             break
-        profile = random_widths(graph, tp_macs_ratio, multiple, rng)
-        if profile:
-            variants[f"random {sum(k.startswith('random ') for k in variants) + 1}"] = cut_to(dense, graph, profile)
+        profiles += filter(None, [random_widths(graph, tp_macs_ratio, multiple, rng)])
+    for i, profile in enumerate(profiles, 1):
+        variants[f"random {i}"] = cut_to(dense, graph, profile)
     with tempfile.TemporaryDirectory(prefix="edgeslim-floor-") as folder:
         runners = {k: make_runner(m, example, "ort", "cpu", folder, k.replace(" ", "-"), threads)
                    for k, m in variants.items()}
