@@ -204,6 +204,12 @@ def spread_note(rows: list[dict]) -> str | None:
             "their quotients may be off by more than the goal's margin; run again when the machine is quiet")
 
 
+def print_warnings(notes: list[str | None], as_json: bool) -> None:
+    """The notes that apply (None: none), after the table; on stderr under --json so stdout stays JSON."""
+    for note in filter(None, notes):
+        print(note, file=sys.stderr if as_json else sys.stdout)
+
+
 def print_table(rows: list[dict], out=sys.stdout) -> None:
     header = ("model", "ratio", "variant", "MACs (G)", "MACs red.", "p50 (ms)", "speed-up", "speed-up/MACs red.",
               "spread")
@@ -283,9 +289,7 @@ def main(argv=None) -> int:
         ours = [r for r in rows if r["variant"] != "tp" and "error" not in r]
         print(f"\nedgeslim cells meeting speed-up >= {GOAL} x MACs reduction: {sum(r['goal_met'] for r in ours)}"
               f"/{len(ours)}  ({meta['wall_s']:.0f} s, ORT {meta['onnxruntime']}, TP {meta['torch_pruning']})")
-    notes = [parallel_note(rows, args.threads) if args.runtime == "ort" else None, spread_note(rows)]
-    for note in filter(None, notes):
-        print(note, file=sys.stderr if args.json else sys.stdout)
+    print_warnings([parallel_note(rows, args.threads) if args.runtime == "ort" else None, spread_note(rows)], args.json)
     return 0
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speedup import ONE_THREAD, make_runner, parallel_check, parallel_note, prune_tp  # noqa: E402
+from speedup import ONE_THREAD, make_runner, parallel_check, parallel_note, print_warnings, prune_tp  # noqa: E402
 
 import edgeslim  # noqa: E402
 from edgeslim.metrics import count  # noqa: E402
@@ -134,9 +134,7 @@ def main(argv=None) -> int:
         print_table(out)
         print(f"({out['meta']['wall_s']:.0f} s, ORT {onnxruntime.__version__})")
     dense_rows = [r for r in out["rows"] if r["variant"] == "dense"]
-    note = parallel_note(dense_rows[-1:], args.threads)
-    if note:
-        print(note, file=sys.stderr if args.json else sys.stdout)
+    print_warnings([parallel_note(dense_rows[-1:], args.threads)], args.json)
     return 0
 
 

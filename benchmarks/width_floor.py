@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speedup import (GOAL, ONE_THREAD, make_runner, parallel_check, parallel_note, prune_tp,  # noqa: E402
-                     spread_note)
+from speedup import (GOAL, ONE_THREAD, make_runner, parallel_check, parallel_note, print_warnings,  # noqa: E402
+                     prune_tp, spread_note)
 
 from edgeslim.compress import apply_plan, make_plan, trace  # noqa: E402
 from edgeslim.compress.targets import CostModel  # noqa: E402
@@ -190,9 +190,8 @@ def main(argv=None) -> int:
     else:
         print_table(out, args.tp_ratio)
         print(f"({out['meta']['wall_s']:.0f} s, ORT {onnxruntime.__version__})")
-    notes = [parallel_note(out["rows"][:1], args.threads), spread_note(out["rows"])]  # dense gain: same on all rows
-    for note in filter(None, notes):
-        print(note, file=sys.stderr if args.json else sys.stdout)
+    # one row for the thread check: the dense gain is the same on all
+    print_warnings([parallel_note(out["rows"][:1], args.threads), spread_note(out["rows"])], args.json)
     return 0
 
 
