@@ -2,8 +2,11 @@
 
 Every ``torch.save`` still happens (the real function is called); the probe only appends
 the path of each file written to PROBE_DIR/writes-rank{RANK}.txt so that a test can check that rank 0 alone
-wrote checkpoints. Used by tests/test_finetune.py::test_ddp_*.
+wrote checkpoints. At exit it also lists the process's native threads in PROBE_DIR/threads-rank{RANK}.txt:
+process-group threads still running when the interpreter shuts down can abort the process.
+Used by tests/test_finetune.py::test_ddp_*.
 """
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -21,7 +24,14 @@ def _recording_save(obj, f, *args, **kwargs):
     return _real_save(obj, f, *args, **kwargs)
 
 
+def _record_threads():
+    tasks = Path("/proc/self/task")
+    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
+    (Path(os.environ["PROBE_DIR"]) / f"threads-rank{os.environ.get('RANK', '0')}.txt").write_text("\n".join(names))
+
+
 torch.save = _recording_save
+atexit.register(_record_threads)
 
 if __name__ == "__main__":
     from edgeslim.cli import main

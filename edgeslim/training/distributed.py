@@ -111,6 +111,11 @@ def init_distributed(device: str | torch.device | None = None) -> DistContext:
     if not tdist.is_available():
         raise RuntimeError("this torch build has no torch.distributed; multi-process training is not possible")
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    # DistributedDataParallel imports torch._dynamo on construction. Imported while a process group
+    # exists, it keeps that group alive past destroy_process_group (torch 2.14: the gloo worker
+    # threads still run at interpreter exit, and one rank in a few dozen runs aborted there with
+    # "terminate called without an active exception"). Imported before, it holds no group.
+    import torch._dynamo  # noqa: F401
     if dev.type == "cuda":
         torch.cuda.set_device(dev)  # NCCL and all_gather_object use the current device
     tdist.init_process_group(backend=backend, init_method="env://", device_id=dev if dev.type == "cuda" else None)
