@@ -18,9 +18,12 @@ Reported per cell: MACs reduction (dense MACs / slim MACs), measured speed-up (d
 and their quotient; the goal is speed-up >= 0.9 x MACs reduction for edgeslim in every cell.
 With several ORT threads, dense is also timed on one thread in the same loop: if the extra threads
 bought dense less than 3/4 of the ideal, a neighbour held a core and the run says so.
+``--thread-gain`` times every model on one thread too and prints a second table: each model's
+quotient on one thread, and what the extra threads bought it compared with dense.
 
     python benchmarks/speedup.py                 # ResNet-50 and MobileNetV2, r = 0.3 0.5 0.7, 224x224
     python benchmarks/speedup.py --json          # raw numbers
+    python benchmarks/speedup.py --models mobilenet_v2 --threads 2 --thread-gain
     python benchmarks/speedup.py --quick         # smoke run on tiny inputs (< 60 s)
     python benchmarks/speedup.py --runtime torch --device cuda            # PyTorch eager on a GPU
     python benchmarks/speedup.py --runtime torch-compile --device cuda    # torch.compile on a GPU
@@ -101,7 +104,9 @@ def make_runner(model: nn.Module, example: torch.Tensor, runtime: str, device: s
 
 def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: int, threads: int | None,
         table_path: str | None, log, probe_runs: int = PROBE_RUNS, runtime: str = "ort", device: str = "cpu",
-        allocate: str = "measured") -> list[dict]:
+        allocate: str = "measured", thread_gain: bool = False) -> list[dict]:
+    """``thread_gain``: time every model on one thread as well (not only dense), to show how much
+    each gains from the extra threads."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -150,12 +155,14 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
                 costs[key] = count(model, example)
                 runners[key] = make_runner(model, example, runtime, device, folder, key, threads)
             if parallel_check(runtime, threads):
-                runners[ONE_THREAD] = make_runner(dense, example, runtime, device, folder, ONE_THREAD, 1)
+                for key in variants if thread_gain else ["dense"]:
+                    runners[on_one_thread(key)] = make_runner(variants[key][0], example, runtime, device, folder,
+                                                              on_one_thread(key), 1)
             log(f"{name}: timing {len(runners)} models interleaved, {runs} runs each")
             results = benchmark(runners, runs=runs, warmup=warmup, memory=False, progress=True)
         d = results["dense"].latency_ms
-        one = results.pop(ONE_THREAD, None)
-        parallel = one.latency_ms.p50 / d.p50 if one else None
+        one = {key: results.pop(on_one_thread(key)).latency_ms for key in variants if on_one_thread(key) in results}
+        parallel = one["dense"].p50 / d.p50 if "dense" in one else None
         for key, res in results.items():
             if key == "dense":
                 continue
@@ -169,10 +176,17 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
                          "spread": res.latency_ms.spread, "dense_spread": d.spread, **variants[key][1],
                          "prune_s": timing.get(key), "goal_met": speedup >= GOAL * macs_red,
                          "dense_parallel_speedup": parallel})
+            if key in one:  # its quotient on one thread, and what the extra threads bought it
+                rows[-1].update(one_thread_speedup_over_macs=one["dense"].p50 / one[key].p50 / macs_red,
+                                thread_gain=one[key].p50 / res.latency_ms.p50)
     return rows
 
 
-ONE_THREAD = "dense-1-thread"
+def on_one_thread(key: str) -> str:
+    return f"{key}-1-thread"
+
+
+ONE_THREAD = on_one_thread("dense")
 
 
 def parallel_check(runtime: str, threads: int | None) -> bool:
@@ -233,6 +247,24 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
         on_one = f"; {gain:.2f}× faster than on one thread" if gain else ""
         print(f"\n{model} dense: {r['dense_macs'] / 1e9:.3f} GMACs, p50 {r['dense_p50_ms']:.2f} ms "
               f"(spread {r['dense_spread']:.2f}){on_one}", file=out)
+    print_thread_gains(rows, out)
+
+
+def print_thread_gains(rows: list[dict], out=sys.stdout) -> None:
+    """--thread-gain: each model's quotient on one thread and on the threads of the table, and its
+    gain from those threads. The quotient on N threads is the one-thread quotient times the model's
+    gain over dense's, so a model that gains less than dense from the extra threads loses quotient."""
+    gained = [r for r in rows if "thread_gain" in r]
+    if not gained:
+        return
+    header = ("model", "ratio", "variant", "MACs red.", "quotient, 1 thread", "quotient", "gain from threads",
+              "vs dense's gain")
+    print("\n| " + " | ".join(header) + " |", file=out)
+    print("|" + "---|" * len(header), file=out)
+    for r in gained:
+        print(f"| {r['model']} | {r['ratio']:.1f} | {r['variant']} | {r['macs_reduction']:.2f}× | "
+              f"{r['one_thread_speedup_over_macs']:.2f} | {r['speedup_over_macs']:.2f} | {r['thread_gain']:.2f}× | "
+              f"{r['thread_gain'] / r['dense_parallel_speedup']:.2f} |", file=out)
 
 
 def main(argv=None) -> int:
@@ -253,6 +285,9 @@ def main(argv=None) -> int:
                    help="edgeslim's channel allocation across groups: measured (default: importance and latency "
                         "allocation, widths in multiples of 8 and 16, the fastest slim model kept), by importance "
                         "per measured ms per MAC, or by importance alone")
+    p.add_argument("--thread-gain", action="store_true",
+                   help="time every model on one thread too and print each one's gain from the extra threads "
+                        "(doubles the timing)")
     p.add_argument("--quick", action="store_true", help="smoke run: resnet18 + mobilenet_v2, 32x32, r=0.5, few runs")
     p.add_argument("--json", action="store_true", help="print the raw numbers as one JSON object")
     args = p.parse_args(argv)
@@ -273,7 +308,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     rows = run(args.models.split(","), [float(r) for r in args.ratios.split(",")], args.input, args.runs,
-               args.warmup, args.threads, args.table, log, args.probe_runs, args.runtime, args.device, args.allocate)
+               args.warmup, args.threads, args.table, log, args.probe_runs, args.runtime, args.device, args.allocate,
+               args.thread_gain)
     meta = {"runtime": args.runtime, "device": args.device, "allocate": args.allocate, "batch": 1, "input": [1, 3, args.input, args.input],
             "runs": args.runs,
             "warmup": args.warmup, "threads": args.threads, "goal": f"speedup >= {GOAL} x macs_reduction",

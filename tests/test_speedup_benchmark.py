@@ -17,8 +17,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speedup.py"
 @pytest.mark.skipif(not hasattr(edgeslim, "prune") or not callable(getattr(edgeslim, "prune", None)),
                     reason="edgeslim.prune (the slimming engine) is not in this build")
 def test_speedup_quick_runs_and_reports_every_cell(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", "--table", str(tmp_path / "t.json")],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", "--table", str(tmp_path / "t.json"),
+                           "--thread-gain"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     rows = out["rows"]
@@ -36,6 +36,10 @@ def test_speedup_quick_runs_and_reports_every_cell(tmp_path):
                 "importance/8", "importance/16", "latency/8", "latency/16"}, r
         if (os.cpu_count() or 1) > 1:  # dense also timed on one thread, to expose a neighbour holding a core
             assert r["dense_parallel_speedup"] > 0
+            # --thread-gain: every model on one thread too; the quotient on all threads is the one-thread
+            # quotient times the model's gain from the threads over dense's
+            assert r["thread_gain"] > 0 and r["speedup_over_macs"] == pytest.approx(
+                r["one_thread_speedup_over_macs"] * r["thread_gain"] / r["dense_parallel_speedup"])
     assert out["meta"]["runtime"] == "ort" and out["meta"]["input"] == [1, 3, 32, 32]
     assert json.loads((tmp_path / "t.json").read_text())["entries"], "the probes' table was not written"
 
