@@ -154,10 +154,8 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
             for key, (model, _) in variants.items():
                 costs[key] = count(model, example)
                 runners[key] = make_runner(model, example, runtime, device, folder, key, threads)
-            if parallel_check(runtime, threads):
-                for key in variants if thread_gain else ["dense"]:
-                    runners[on_one_thread(key)] = make_runner(variants[key][0], example, runtime, device, folder,
-                                                              on_one_thread(key), 1)
+            runners.update(one_thread_runners({k: variants[k][0] for k in (variants if thread_gain else ["dense"])},
+                                              example, runtime, device, folder, threads))
             log(f"{name}: timing {len(runners)} models interleaved, {runs} runs each")
             results = benchmark(runners, runs=runs, warmup=warmup, memory=False, progress=True)
         d = results["dense"].latency_ms
@@ -169,16 +167,17 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
             variant, r = key.split("@")
             macs_red = dense_macs / costs[key].macs
             speedup = d.p50 / res.latency_ms.p50
-            rows.append({"model": name, "ratio": float(r), "variant": variant, "macs": costs[key].macs,
-                         "dense_macs": dense_macs, "params": costs[key].params, "dense_params": costs["dense"].params,
-                         "macs_reduction": macs_red, "p50_ms": res.latency_ms.p50, "dense_p50_ms": d.p50,
-                         "speedup": speedup, "speedup_over_macs": speedup / macs_red,
-                         "spread": res.latency_ms.spread, "dense_spread": d.spread, **variants[key][1],
-                         "prune_s": timing.get(key), "goal_met": speedup >= GOAL * macs_red,
-                         "dense_parallel_speedup": parallel})
+            row = {"model": name, "ratio": float(r), "variant": variant, "macs": costs[key].macs,
+                   "dense_macs": dense_macs, "params": costs[key].params, "dense_params": costs["dense"].params,
+                   "macs_reduction": macs_red, "p50_ms": res.latency_ms.p50, "dense_p50_ms": d.p50,
+                   "speedup": speedup, "speedup_over_macs": speedup / macs_red,
+                   "spread": res.latency_ms.spread, "dense_spread": d.spread, **variants[key][1],
+                   "prune_s": timing.get(key), "goal_met": speedup >= GOAL * macs_red,
+                   "dense_parallel_speedup": parallel}
             if key in one:  # its quotient on one thread, and what the extra threads bought it
-                rows[-1].update(one_thread_speedup_over_macs=one["dense"].p50 / one[key].p50 / macs_red,
-                                thread_gain=one[key].p50 / res.latency_ms.p50)
+                row.update(one_thread_speedup_over_macs=one["dense"].p50 / one[key].p50 / macs_red,
+                           thread_gain=one[key].p50 / res.latency_ms.p50)
+            rows.append(row)
     return rows
 
 
@@ -187,6 +186,16 @@ def on_one_thread(key: str) -> str:
 
 
 ONE_THREAD = on_one_thread("dense")
+
+
+def one_thread_runners(models: dict[str, nn.Module], example: torch.Tensor, runtime: str, device: str, folder: str,
+                       threads: int | None) -> dict:
+    """Runners of ``models`` on one thread, under ``on_one_thread`` keys, when the table's models use
+    several (see ``parallel_check``); none otherwise."""
+    if not parallel_check(runtime, threads):
+        return {}
+    return {on_one_thread(k): make_runner(m, example, runtime, device, folder, on_one_thread(k), 1)
+            for k, m in models.items()}
 
 
 def parallel_check(runtime: str, threads: int | None) -> bool:

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speedup import ONE_THREAD, make_runner, parallel_check, parallel_note, print_warnings, prune_tp  # noqa: E402
+from speedup import (ONE_THREAD, make_runner, one_thread_runners, parallel_note, print_warnings,  # noqa: E402
+                     prune_tp)
 
 import edgeslim  # noqa: E402
 from edgeslim.metrics import count  # noqa: E402
@@ -67,8 +68,7 @@ def run(name: str, ratios: list[float], side: int, runs: int, warmup: int, threa
         macs[f"ours@tp{r}"] = count(models[f"ours@tp{r}"], example).macs
     with tempfile.TemporaryDirectory(prefix="edgeslim-blocks-") as folder:
         runners = {k: make_runner(m, example, "ort", "cpu", folder, k, threads) for k, m in models.items()}
-        if parallel_check("ort", threads):
-            runners[ONE_THREAD] = make_runner(dense, example, "ort", "cpu", folder, ONE_THREAD, 1)
+        runners.update(one_thread_runners({"dense": dense}, example, "ort", "cpu", folder, threads))
         try:
             for r in runners.values():
                 r.prepare()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speedup import (GOAL, ONE_THREAD, make_runner, parallel_check, parallel_note, print_warnings,  # noqa: E402
+from speedup import (GOAL, ONE_THREAD, make_runner, one_thread_runners, parallel_note, print_warnings,  # noqa: E402
                      prune_tp, spread_note)
 
 from edgeslim.compress import apply_plan, make_plan, trace  # noqa: E402
@@ -99,14 +99,15 @@ def run(name: str, widths: list[int], tp_ratio: float, side: int, runs: int, war
     for _ in range(10 * random):  # a profile the rounding cannot land near the MACs is drawn again
         if len(profiles) == random:
             break
-        profiles += filter(None, [random_widths(graph, tp_macs_ratio, multiple, rng)])
+        profile = random_widths(graph, tp_macs_ratio, multiple, rng)
+        if profile:
+            profiles.append(profile)
     for i, profile in enumerate(profiles, 1):
         variants[f"random {i}"] = cut_to(dense, graph, profile)
     with tempfile.TemporaryDirectory(prefix="edgeslim-floor-") as folder:
         runners = {k: make_runner(m, example, "ort", "cpu", folder, k.replace(" ", "-"), threads)
                    for k, m in variants.items()}
-        if parallel_check("ort", threads):
-            runners[ONE_THREAD] = make_runner(dense, example, "ort", "cpu", folder, ONE_THREAD, 1)
+        runners.update(one_thread_runners({"dense": dense}, example, "ort", "cpu", folder, threads))
         results = benchmark(runners, runs=runs, warmup=warmup, memory=False, progress=True)
     d = results["dense"].latency_ms
     one = results.pop(ONE_THREAD, None)
