@@ -67,6 +67,20 @@ def test_prune_measured_allocation_says_which_cut_it_kept(tmp_path, capsys, monk
     assert "latency p50 (ms)" in report and f"{dense_ms / slim_ms:.2f}× faster" in report
 
 
+def test_prune_drop_blocks_saves_a_checkpoint_that_rebuilds(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["prune", "torchvision:mobilenet_v2", "--input", "1x3x64x64", "--target", "macs=0.3",
+                 "--drop-blocks", "4", "-o", str(run_dir), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert len(r["dropped_blocks"]) == 4 and any(n.startswith("dropped 4 residual block") for n in r["notes"])
+    assert r["achieved"]["macs"] <= 0.3 and r["equivalence_error"] < 1e-4
+    assert json.loads((run_dir / "plan.json").read_text())["dropped"] == r["dropped_blocks"]
+    loaded = load_model(r["checkpoint"])  # rebuilt from torchvision's architecture and the plan
+    assert sum(p.numel() for p in loaded.model.parameters()) == r["slim"]["params"]
+    assert main(["prune", "zoo:resnet20", "--drop-blocks", "2", "-o", str(tmp_path / "r20")]) == 2
+    assert "no residual block" in capsys.readouterr().err
+
+
 def test_inspect_reports_engine_coverage(capsys):
     assert main(["inspect", "torchvision:shufflenet_v2_x0_5", "--input", "1x3x64x64", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

@@ -33,6 +33,10 @@ def add_parser(sub) -> None:
                         "ms per MAC on the runtime, or measured: cut four ways (both rankings, widths in multiples "
                         "of 8 and 16), keep the fastest slim model (latency and measured need --round-to device "
                         "--device cpu)")
+    p.add_argument("--drop-blocks", default="0", metavar="N|all",
+                   help="first remove N residual blocks whole (or all that qualify: MobileNetV2/V3, EfficientNet), "
+                        "least influential first: fewer, wider layers use a multi-core runtime better; changes "
+                        "the function, so fine-tune (default 0)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="MODULE",
                    help="module paths whose channels are kept as they are")
     p.add_argument("--min-keep", type=float, default=0.1, help="every channel group keeps at least this fraction")
@@ -77,6 +81,7 @@ def run(args) -> dict:
     example = loaded.example_input()
     model = loaded.model.eval()
     round_to = int(args.round_to) if args.round_to and args.round_to.isdigit() else args.round_to
+    drop_blocks = int(args.drop_blocks) if args.drop_blocks.isdigit() else args.drop_blocks
     run_dir = Path(args.output)
 
     with distributed_session(args.train_device if args.epochs else "cpu") as dist:
@@ -84,16 +89,19 @@ def run(args) -> dict:
         result = prune(model, example, method=args.method, target=args.target,
                        data=data.train_plain if data else None, round_to=round_to, device=args.device,
                        ignore=args.ignore, min_keep=args.min_keep, progress=not args.json and dist.is_main,
-                       allocate=args.allocate)
+                       allocate=args.allocate, drop_blocks=drop_blocks)
         slim, rank0_plan = result.model, dist.broadcast_object(result.plan.to_dict())
         if rank0_plan != result.plan.to_dict():  # a data-driven criterion scored differently on this rank
             slim = apply_plan(model, rank0_plan)
+        if rank0_plan["dropped"]:  # the dropped blocks' constants, folded into batch norms, follow rank 0 too
+            slim.load_state_dict(dist.broadcast_object(slim.state_dict()))
         out = {"model": args.model, "method": args.method, "target": args.target, "dense": dict(result.dense),
                "slim": dict(result.slim),
                "achieved": result.achieved, "equivalence_error": result.equivalence_error,
                "channel_groups": {"total": len(result.graph.groups), "prunable": len(result.graph.prunable_groups),
                                   "pruned": len(result.plan.groups)},
-               "accuracy_before_finetune": None, "allocation": result.allocation, "notes": result.notes}
+               "accuracy_before_finetune": None, "allocation": result.allocation,
+               "dropped_blocks": result.dropped, "notes": result.notes}
         if "dense_latency_ms" in result.achieved:  # timed while choosing the cut (allocate="measured")
             out["dense"]["latency_ms"] = {"p50": result.achieved["dense_latency_ms"]}
             out["slim"]["latency_ms"] = {"p50": result.achieved["latency_ms"]}

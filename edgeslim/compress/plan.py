@@ -30,10 +30,11 @@ class PruningPlan:
     ops: list[dict[str, Any]] = field(default_factory=list)  # {"module", "op", "dim", "size", "keep", ...}
     model: str = ""
     edgeslim: str = ""
+    dropped: list[str] = field(default_factory=list)  # residual blocks replaced by Identity (compress.depth)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": PLAN_FORMAT, "edgeslim": self.edgeslim, "model": self.model,
-                "groups": self.groups, "params": self.params, "ops": self.ops}
+                "groups": self.groups, "params": self.params, "ops": self.ops, "dropped": self.dropped}
 
     @classmethod
     def from_dict(cls, d: "Mapping[str, Any] | PruningPlan | str | os.PathLike") -> "PruningPlan":
@@ -46,7 +47,8 @@ class PruningPlan:
             found = d.get("format") if isinstance(d, Mapping) else type(d).__name__
             raise ValueError(f"not an edgeslim pruning plan (format {found!r}, expected {PLAN_FORMAT!r})")
         return cls(groups=list(d["groups"]), params=list(d["params"]), ops=list(d.get("ops", [])),
-                   model=d.get("model", ""), edgeslim=d.get("edgeslim", ""))
+                   model=d.get("model", ""), edgeslim=d.get("edgeslim", ""),
+                   dropped=list(d.get("dropped", [])))
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -144,4 +146,5 @@ def compose(first: PruningPlan | Mapping[str, Any] | None, second: PruningPlan |
         else:
             ops[key] = dict(o)
     return PruningPlan(groups=second.groups, params=list(params.values()), ops=list(ops.values()),
-                       model=second.model or first.model, edgeslim=second.edgeslim)
+                       model=second.model or first.model, edgeslim=second.edgeslim,
+                       dropped=first.dropped + [p for p in second.dropped if p not in first.dropped])

@@ -40,10 +40,12 @@ class PruneResult:
     # how channels were ranked across groups: importance or latency (allocate="measured": the way
     # kept, with the channel multiple its widths were rounded to, e.g. "latency/16")
     allocation: str = "importance"
+    dropped: list[str] = field(default_factory=list)  # residual blocks removed whole (drop_blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return {"achieved": self.achieved, "timing": self.timing, "dense": self.dense, "slim": self.slim,
                 "equivalence_error": self.equivalence_error, "notes": self.notes, "allocation": self.allocation,
+                "dropped_blocks": self.dropped,
                 "groups": len(self.graph.groups), "prunable_groups": len(self.graph.prunable_groups),
                 "pruned_groups": len(self.plan.groups)}
 
@@ -144,7 +146,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
           target: Mapping[str, float] | str | None = None, data: Dataset | DataLoader | None = None,
           round_to: int | str | Any = None, device: str | None = None, ignore: Iterable[Any] = (),
           criterion_options: Mapping[str, Any] | None = None, progress: bool = True, min_keep: float = 0.1,
-          verify: bool = True, allocate: str = "importance") -> PruneResult:
+          verify: bool = True, allocate: str = "importance", drop_blocks: int | str = 0) -> PruneResult:
     """Compress ``model`` to ``target`` by removing whole channels, and prove the cut.
 
     ``target``: ``{"channels"|"macs"|"params": ratio}`` (or ``"macs=0.5"``), the slim/dense ratio to
@@ -167,6 +169,12 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     ``ignore``: modules whose channels stay as they are. ``min_keep``: every group keeps at least
     this fraction (and one channel). ``verify``: check that the slim model computes what the masked
     original computes (relative error < 1e-4) and raise if not.
+    ``drop_blocks``: first remove this many residual blocks whole (``"all"``: every one that
+    qualifies), least influential first (``edgeslim.compress.depth``; calibration statistics from
+    ``data`` if given, else from the example inputs). Fewer, wider nodes use a multi-core runtime
+    better than many small ones. Targets still count against the model as given, the proof is
+    against the model without those blocks, and unlike channel surgery this changes the function
+    (a note gives by how much): fine-tune afterwards.
     """
     from ..metrics import count
 
@@ -178,6 +186,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     loader = as_loader(data)
     if criterion.needs_data and loader is None:
         raise ValueError(f"method {criterion.name!r} needs calibration data (data=a Dataset or DataLoader; CLI: --data)")
+    original, dropped, notes = model, [], []
+    if drop_blocks:
+        model, dropped, target, depth_note = _without_blocks(model, inputs, loader, drop_blocks, target, ignore)
+        notes.append(depth_note)
 
     bar = tqdm(total=3, desc="prune", disable=not progress, file=sys.stderr, leave=False)
     t0 = time.perf_counter()
@@ -196,7 +208,6 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     t0 = time.perf_counter()
     bar.set_postfix_str("planning, cutting, proving")
     context = {"model": model, "example_inputs": inputs, "device": device, "rounding": rounding}
-    notes: list[str] = []
 
     def plan_and_cut(channel_cost, rounding):
         """solution, plan, slim model, equivalence error and the notes that belong to this cut alone."""
@@ -251,7 +262,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         if not cuts:
             raise next(iter(unreachable.values()))
         allocation, measured, note = _fastest({label: (c[0], c[2]) for label, c in cuts.items()}, rounding,
-                                              model, inputs)
+                                              original, inputs)
         notes.append(note + "".join(f"; {label} cannot reach the target" for label in unreachable))
         solution, plan, slim, error, cut_notes = cuts[allocation]
     else:
@@ -262,12 +273,15 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     bar.update()
     bar.close()
 
-    dense_cost, slim_cost = count(model, inputs), count(slim, inputs)
-    achieved = {"channels": solution.achieved["channels"],
+    dense_cost, slim_cost = count(original, inputs), count(slim, inputs)
+    plan.dropped = list(dropped)
+    channel_scale = _prunable_channels(model, inputs, ignore) / _prunable_channels(original, inputs, ignore) \
+        if dropped else 1.0
+    achieved = {"channels": solution.achieved["channels"] * channel_scale,
                 "macs": slim_cost.macs / dense_cost.macs if dense_cost.macs else 1.0,
                 "params": slim_cost.params / dense_cost.params if dense_cost.params else 1.0, **measured}
     notes += solution.notes
-    for key in ("macs", "params"):
+    for key in ("macs", "params") if not dropped else ():  # the graph predicts ratios to the reduced model
         if abs(achieved[key] - solution.achieved[key]) > 1e-3:
             notes.append(f"{key}: counted {achieved[key]:.4f} on the slim model, the graph predicted "
                          f"{solution.achieved[key]:.4f}")
@@ -275,5 +289,58 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         model=slim, plan=plan, graph=graph, scores=scores, achieved=achieved,
         timing={"scoring_s": scoring_s, "surgery_s": surgery_s},
         dense=_cost_entry(dense_cost), slim=_cost_entry(slim_cost),
-        equivalence_error=error, notes=notes, allocation=allocation,
+        equivalence_error=error, notes=notes, allocation=allocation, dropped=list(dropped),
     )
+
+
+def _prunable_channels(model: nn.Module, inputs: tuple, ignore: Iterable[Any]) -> int:
+    return sum(g.size for g in trace(model, inputs, ignore=ignore).prunable_groups)
+
+
+def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, drop: int | str,
+                    target: dict[str, float], ignore: Iterable[Any]) -> tuple[nn.Module, list[str], dict, str]:
+    """``prune(drop_blocks=...)``: the model without its ``drop`` least influential residual blocks,
+    the blocks dropped, the target restated for the smaller model, and a note."""
+    from ..metrics import count
+    from .depth import BlocksOvershoot, drop_blocks, residual_blocks
+
+    if "latency" in target:  # its estimate starts from a dense latency that would include the dropped blocks
+        raise ValueError("drop_blocks works with channels, macs and params targets, not with a latency target yet")
+    batches = [inputs]
+    if loader is not None:  # a few calibration batches give better branch means than the example alone
+        batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b, _ in zip(loader, range(4))]
+        batches = [b[:1] if len(b) > 1 else b for b in batches]  # (inputs, labels) -> (inputs,)
+    blocks = residual_blocks(model, batches)
+    if not blocks:
+        raise ValueError("drop_blocks: this model has no residual block edgeslim can remove (x + branch(x) after a "
+                         "block that ends in a batch norm, e.g. MobileNetV2/V3, EfficientNet)")
+    if drop == "all":
+        drop = len(blocks)
+    if not isinstance(drop, int) or drop < 0:
+        raise ValueError(f"drop_blocks must be a number of blocks or 'all', not {drop!r}")
+    if drop > len(blocks):
+        raise ValueError(f"drop_blocks={drop}, but the model has {len(blocks)} residual blocks edgeslim can remove")
+    chosen = list(blocks)[:drop]
+    reduced = drop_blocks(model, chosen, batches)
+    before, after = count(model, inputs), count(reduced, inputs)
+    restated = {}
+    for key, value in target.items():
+        if key in ("macs", "params"):
+            value = value * getattr(before, key) / getattr(after, key)
+        elif key == "channels":
+            value = value * _prunable_channels(model, inputs, ignore) / _prunable_channels(reduced, inputs, ignore)
+        if value >= 1:
+            raise BlocksOvershoot(f"dropping {drop} blocks alone already cuts {key} below the target; drop fewer")
+        restated[key] = value
+    was_training = model.training
+    with torch.no_grad():
+        a, b = model.eval()(*inputs), reduced.eval()(*inputs)
+    model.train(was_training)
+    reduced.train(was_training)
+    change = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) if isinstance(a, torch.Tensor) \
+        else float("nan")
+    note = (f"dropped {drop} residual block(s) whole ({', '.join(chosen)}), each replaced by its mean branch output: "
+            f"{after.macs / before.macs:.1%} of the MACs left for channel pruning; the output moved by "
+            f"{change:.2e} (relative, example inputs) before any channel was cut: fine-tune. The equivalence "
+            "proof is against the model without these blocks")
+    return reduced, chosen, restated, note

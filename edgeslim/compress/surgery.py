@@ -69,6 +69,9 @@ def apply_plan(model: nn.Module, plan: PruningPlan | Mapping[str, Any]) -> nn.Mo
     plan = PruningPlan.from_dict(plan)
     _check(model, plan)
     slim = copy.deepcopy(model)
+    for path in plan.dropped:  # residual blocks removed whole; their constants live in the state_dict
+        parent, _, attr = path.rpartition(".")
+        setattr(slim.get_submodule(parent) if parent else slim, attr, nn.Identity())
     aliases = _aliases(slim)
     cuts: dict[str, list[dict]] = defaultdict(list)
     for cut in plan.params:
