@@ -14,6 +14,10 @@ For each model and channel ratio r, in ONE process, timed interleaved in ONNX Ru
                importance: one way only
   ours@tp-macs edgeslim.prune(target={"macs": MACs(tp) / MACs(dense)}, same rounding): matched MACs
 
+``--drop-blocks N|all``: edgeslim first removes N residual blocks whole (prune(drop_blocks=...):
+MobileNetV2's inverted residuals, least influential first), then cuts channels to the same targets,
+which still count against the whole dense model. Fewer nodes, wider layers.
+
 Reported per cell: MACs reduction (dense MACs / slim MACs), measured speed-up (dense p50 / slim p50),
 and their quotient; the goal is speed-up >= 0.9 x MACs reduction for edgeslim in every cell.
 With several ORT threads, dense is also timed on one thread in the same loop: if the extra threads
@@ -24,6 +28,7 @@ quotient on one thread, and what the extra threads bought it compared with dense
     python benchmarks/speedup.py                 # ResNet-50 and MobileNetV2, r = 0.3 0.5 0.7, 224x224
     python benchmarks/speedup.py --json          # raw numbers
     python benchmarks/speedup.py --models mobilenet_v2 --threads 2 --thread-gain
+    python benchmarks/speedup.py --models mobilenet_v2 --drop-blocks all
     python benchmarks/speedup.py --quick         # smoke run on tiny inputs (< 60 s)
     python benchmarks/speedup.py --runtime torch --device cuda            # PyTorch eager on a GPU
     python benchmarks/speedup.py --runtime torch-compile --device cuda    # torch.compile on a GPU
@@ -49,6 +54,7 @@ import torch
 import torchvision
 from torch import nn
 
+from edgeslim.compress.depth import residual_blocks
 from edgeslim.compress.prune import ALLOCATIONS
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
@@ -79,13 +85,20 @@ def prune_tp(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.Module
 
 
 def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding,
-               allocate: str = "measured") -> tuple[nn.Module, dict]:
-    """The slim model and what to report of it: achieved ratios, the allocation asked for and the one used."""
+               allocate: str = "measured", drop_blocks: int | str = 0) -> tuple[nn.Module, dict]:
+    """The slim model and what to report of it: achieved ratios, the allocation asked for and the one
+    used, the residual blocks dropped."""
     import edgeslim
+    from edgeslim.compress.depth import BlocksOvershoot
 
-    result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False,
-                            allocate=allocate)
-    return result.model, {"achieved": dict(result.achieved), "allocate": allocate, "allocation": result.allocation}
+    try:
+        result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False,
+                                allocate=allocate, drop_blocks=drop_blocks)
+    except BlocksOvershoot:  # e.g. all blocks at a mild channel target: channels alone (the row says 0 dropped)
+        result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False,
+                                allocate=allocate)
+    return result.model, {"achieved": dict(result.achieved), "allocate": allocate, "allocation": result.allocation,
+                          "dropped_blocks": len(result.dropped)}
 
 
 RUNTIMES = ("ort", "torch", "torch-compile")
@@ -104,9 +117,10 @@ def make_runner(model: nn.Module, example: torch.Tensor, runtime: str, device: s
 
 def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: int, threads: int | None,
         table_path: str | None, log, probe_runs: int = PROBE_RUNS, runtime: str = "ort", device: str = "cpu",
-        allocate: str = "measured", thread_gain: bool = False) -> list[dict]:
+        allocate: str = "measured", thread_gain: bool = False, drop_blocks: int | str = 0) -> list[dict]:
     """``thread_gain``: time every model on one thread as well (not only dense), to show how much
-    each gains from the extra threads."""
+    each gains from the extra threads. ``drop_blocks``: edgeslim removes that many residual blocks
+    first (prune's ``drop_blocks``)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -122,6 +136,9 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
         rounding = DeviceRounding(dense, example, runtime=probe_runtime, device=device, table=table, threads=threads,
                                   runs=probe_runs)
         variants: dict[str, tuple[nn.Module, dict]] = {"dense": (dense, {})}
+        drop = drop_blocks if drop_blocks and residual_blocks(dense, [(example,)]) else 0
+        if drop != drop_blocks:
+            log(f"{name}: no residual block edgeslim can remove (--drop-blocks); channels only")
         timing = {}
         for r in ratios:
             t = time.perf_counter()
@@ -137,7 +154,7 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
                 variants[f"tp@{r}"] = (tp_model, {})
             timing[f"tp@{r}"] = time.perf_counter() - t
             t = time.perf_counter()
-            variants[f"ours@{r}"] = prune_ours(dense, example, {"channels": 1 - r}, rounding, allocate)
+            variants[f"ours@{r}"] = prune_ours(dense, example, {"channels": 1 - r}, rounding, allocate, drop)
             timing[f"ours@{r}"] = time.perf_counter() - t
             log(f"{name} r={r}: pruned (tp {timing[f'tp@{r}']:.1f} s, ours {timing[f'ours@{r}']:.1f} s incl. probes)")
         dense_macs = count(dense, example).macs
@@ -147,7 +164,7 @@ def run(models: list[str], ratios: list[float], side: int, runs: int, warmup: in
             tp_macs = count(variants[f"tp@{r}"][0], example).macs
             t = time.perf_counter()
             variants[f"ours-matched@{r}"] = prune_ours(dense, example, {"macs": tp_macs / dense_macs}, rounding,
-                                                         allocate)
+                                                         allocate, drop)
             timing[f"ours-matched@{r}"] = time.perf_counter() - t
         with tempfile.TemporaryDirectory(prefix="edgeslim-speedup-") as folder:
             runners, costs = {}, {}
@@ -246,7 +263,9 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
         mark = "" if r["variant"] == "tp" else (" ✓" if r["goal_met"] else " ✗")
         noisy = " ⚠" if r["spread"] > DEFAULT_MAX_SPREAD else ""
         # allocate="measured" chose one allocation per cell: say which
-        variant = r["variant"] + (f" ({r['allocation']})" if r.get("allocate") == "measured" else "")
+        how = [r["allocation"]] if r.get("allocate") == "measured" else []
+        how += [f"{r['dropped_blocks']} blocks dropped"] if r.get("dropped_blocks") else []
+        variant = r["variant"] + (f" ({', '.join(how)})" if how else "")
         print(f"| {r['model']} | {r['ratio']:.1f} | {variant} | {r['macs'] / 1e9:.3f} | {r['macs_reduction']:.2f}× | "
               f"{r['p50_ms']:.2f} | {r['speedup']:.2f}× | {r['speedup_over_macs']:.2f}{mark} | {r['spread']:.2f}{noisy} |",
               file=out)
@@ -294,6 +313,8 @@ def main(argv=None) -> int:
                    help="edgeslim's channel allocation across groups: measured (default: importance and latency "
                         "allocation, widths in multiples of 8 and 16, the fastest slim model kept), by importance "
                         "per measured ms per MAC, or by importance alone")
+    p.add_argument("--drop-blocks", default="0", metavar="N|all",
+                   help="edgeslim first removes N residual blocks whole, or all it can (default 0)")
     p.add_argument("--thread-gain", action="store_true",
                    help="time every model on one thread too and print each one's gain from the extra threads "
                         "(doubles the timing)")
@@ -318,8 +339,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows = run(args.models.split(","), [float(r) for r in args.ratios.split(",")], args.input, args.runs,
                args.warmup, args.threads, args.table, log, args.probe_runs, args.runtime, args.device, args.allocate,
-               args.thread_gain)
-    meta = {"runtime": args.runtime, "device": args.device, "allocate": args.allocate, "batch": 1, "input": [1, 3, args.input, args.input],
+               args.thread_gain, int(args.drop_blocks) if args.drop_blocks.isdigit() else args.drop_blocks)
+    meta = {"runtime": args.runtime, "device": args.device, "allocate": args.allocate, "drop_blocks": args.drop_blocks,
+            "batch": 1, "input": [1, 3, args.input, args.input],
             "runs": args.runs,
             "warmup": args.warmup, "threads": args.threads, "goal": f"speedup >= {GOAL} x macs_reduction",
             "wall_s": time.perf_counter() - t0, "torch": torch.__version__, "torchvision": torchvision.__version__}

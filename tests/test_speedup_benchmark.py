@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speedup.py"
                     reason="edgeslim.prune (the slimming engine) is not in this build")
 def test_speedup_quick_runs_and_reports_every_cell(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", "--table", str(tmp_path / "t.json"),
-                           "--thread-gain"], capture_output=True, text=True, timeout=600)
+                           "--thread-gain", "--drop-blocks", "all"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     rows = out["rows"]
@@ -40,6 +40,12 @@ def test_speedup_quick_runs_and_reports_every_cell(tmp_path):
             # quotient times the model's gain from the threads over dense's
             assert r["thread_gain"] > 0 and r["speedup_over_macs"] == pytest.approx(
                 r["one_thread_speedup_over_macs"] * r["thread_gain"] / r["dense_parallel_speedup"])
+    # --drop-blocks all: MobileNetV2's ten inverted residuals go where the target leaves room (at TP's MACs);
+    # ResNet-18 has none edgeslim removes (its ReLU follows the addition), so it is cut by channels alone
+    dropped = {(r["model"], r["variant"]): r.get("dropped_blocks") for r in rows if r["variant"] != "tp"}
+    assert dropped[("mobilenet_v2", "ours-matched")] == 10
+    assert dropped[("resnet18", "ours")] == dropped[("resnet18", "ours-matched")] == 0
+    assert "resnet18: no residual block edgeslim can remove" in proc.stderr
     assert out["meta"]["runtime"] == "ort" and out["meta"]["input"] == [1, 3, 32, 32]
     assert json.loads((tmp_path / "t.json").read_text())["entries"], "the probes' table was not written"
 
