@@ -30,6 +30,7 @@ __all__ = ["residual_blocks", "drop_blocks", "BlocksOvershoot"]
 class BlocksOvershoot(ValueError):
     """Dropping the blocks asked for would alone cut the model below the pruning target."""
 
+
 BRANCH_ATTRIBUTES = ("conv", "block")  # torchvision: MobileNetV2 .conv, MobileNetV3 / EfficientNet .block
 
 
@@ -54,7 +55,7 @@ def _output_norm(block: nn.Module) -> nn.BatchNorm2d | None:
 
 
 def _previous_sibling(model: nn.Module, path: str) -> tuple[nn.Module, str] | None:
-    """The module that runs just before ``path`` in its parent ``nn.Sequential`` (its only consumer)."""
+    """The module that runs just before ``path`` in its parent ``nn.Sequential``, and so feeds only it."""
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     if not isinstance(parent, nn.Sequential) or not attr.isdigit() or int(attr) == 0:
@@ -76,7 +77,8 @@ def _branch_statistics(model: nn.Module, batches: Iterable[Sequence[torch.Tensor
 
         def after(module, args, out, _path=path, _s=branch_out):
             x, f, s = args[0], _s.pop("f", None), stats[_path]
-            if f is None or f.shape != x.shape or not torch.allclose(out, x + f, rtol=1e-4, atol=1e-5):
+            if f is None or f.dim() != 4 or f.shape != x.shape or not torch.allclose(out, x + f, rtol=1e-4,
+                                                                                     atol=1e-5):
                 s["residual"] = False
                 return
             s["sum"] = s["sum"] + f.sum(dim=(0, 2, 3))
