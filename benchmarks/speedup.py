@@ -91,12 +91,11 @@ def prune_ours(model: nn.Module, example: torch.Tensor, target: dict, rounding,
     import edgeslim
     from edgeslim.compress.depth import BlocksOvershoot
 
+    options = dict(method="l1", target=target, round_to=rounding, progress=False, allocate=allocate)
     try:
-        result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False,
-                                allocate=allocate, drop_blocks=drop_blocks)
+        result = edgeslim.prune(model, example, drop_blocks=drop_blocks, **options)
     except BlocksOvershoot:  # e.g. all blocks at a mild channel target: channels alone (the row says 0 dropped)
-        result = edgeslim.prune(model, example, method="l1", target=target, round_to=rounding, progress=False,
-                                allocate=allocate)
+        result = edgeslim.prune(model, example, **options)
     return result.model, {"achieved": dict(result.achieved), "allocate": allocate, "allocation": result.allocation,
                           "dropped_blocks": len(result.dropped)}
 

@@ -106,29 +106,31 @@ def residual_blocks(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]])
     A block qualifies when it computes ``x + branch(x)`` on these inputs, is 4-D (convolutional) and
     the module before it in its ``nn.Sequential`` ends in an affine batch norm to fold into.
     """
-    candidates = {path: m for path, m in model.named_modules() if _branch(m) is not None}
-    candidates = {p: m for p, m in candidates.items()
-                  if (prev := _previous_sibling(model, p)) is not None and _output_norm(prev[0]) is not None}
-    stats = _branch_statistics(model, batches, candidates)
     influence = {}
-    for path, s in stats.items():
-        if not s["residual"] or not s["count"]:
-            continue
+    for path, s in _removable(model, batches).items():
         mean = s["sum"] / s["count"]
         variance = float((s["sq"] - s["count"] * mean * mean).sum())
         influence[path] = variance / max(s["energy"], 1e-12)
     return dict(sorted(influence.items(), key=lambda kv: kv[1]))
 
 
+def _removable(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> dict[str, dict]:
+    """The branch statistics of every block that qualifies (see :func:`residual_blocks`), one pass."""
+    candidates = {path: m for path, m in model.named_modules() if _branch(m) is not None}
+    candidates = {p: m for p, m in candidates.items()
+                  if (prev := _previous_sibling(model, p)) is not None and _output_norm(prev[0]) is not None}
+    stats = _branch_statistics(model, batches, candidates)
+    return {path: s for path, s in stats.items() if s["residual"] and s["count"]}
+
+
 def drop_blocks(model: nn.Module, paths: Sequence[str], batches: Iterable[Sequence[torch.Tensor]]) -> nn.Module:
     """A copy of ``model`` without the residual blocks at ``paths`` (from :func:`residual_blocks`): each
     block's branch is replaced by its mean output on ``batches``, folded into the batch norm that ends
     the block before it, and the block becomes ``nn.Identity``."""
-    removable = residual_blocks(model, batches) if paths else {}
-    unknown = [p for p in paths if p not in removable]
+    stats = _removable(model, batches) if paths else {}
+    unknown = [p for p in paths if p not in stats]
     if unknown:
         raise ValueError(f"not removable residual blocks of this model: {', '.join(unknown)}")
-    stats = _branch_statistics(model, batches, {p: model.get_submodule(p) for p in paths})
     slim = copy.deepcopy(model)
     # Later blocks first: a block's constant goes to the block before it, which may itself be dropped
     # next and pass both constants further back.

@@ -40,7 +40,11 @@ class PruneResult:
     # how channels were ranked across groups: importance or latency (allocate="measured": the way
     # kept, with the channel multiple its widths were rounded to, e.g. "latency/16")
     allocation: str = "importance"
-    dropped: list[str] = field(default_factory=list)  # residual blocks removed whole (drop_blocks)
+
+    @property
+    def dropped(self) -> list[str]:
+        """The residual blocks removed whole (``drop_blocks``), as the plan records them."""
+        return self.plan.dropped
 
     def to_dict(self) -> dict[str, Any]:
         return {"achieved": self.achieved, "timing": self.timing, "dense": self.dense, "slim": self.slim,
@@ -186,9 +190,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     loader = as_loader(data)
     if criterion.needs_data and loader is None:
         raise ValueError(f"method {criterion.name!r} needs calibration data (data=a Dataset or DataLoader; CLI: --data)")
-    original, dropped, notes = model, [], []
+    original, dropped, channel_scale, notes = model, [], 1.0, []
     if drop_blocks:
-        model, dropped, target, depth_note = _without_blocks(model, inputs, loader, drop_blocks, target, ignore)
+        model, dropped, target, channel_scale, depth_note = _without_blocks(model, inputs, loader, drop_blocks,
+                                                                            target, ignore)
         notes.append(depth_note)
 
     bar = tqdm(total=3, desc="prune", disable=not progress, file=sys.stderr, leave=False)
@@ -274,9 +279,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     bar.close()
 
     dense_cost, slim_cost = count(original, inputs), count(slim, inputs)
-    plan.dropped = list(dropped)
-    channel_scale = _prunable_channels(model, inputs, ignore) / _prunable_channels(original, inputs, ignore) \
-        if dropped else 1.0
+    plan.dropped = dropped
     achieved = {"channels": solution.achieved["channels"] * channel_scale,
                 "macs": slim_cost.macs / dense_cost.macs if dense_cost.macs else 1.0,
                 "params": slim_cost.params / dense_cost.params if dense_cost.params else 1.0, **measured}
@@ -289,7 +292,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         model=slim, plan=plan, graph=graph, scores=scores, achieved=achieved,
         timing={"scoring_s": scoring_s, "surgery_s": surgery_s},
         dense=_cost_entry(dense_cost), slim=_cost_entry(slim_cost),
-        equivalence_error=error, notes=notes, allocation=allocation, dropped=list(dropped),
+        equivalence_error=error, notes=notes, allocation=allocation,
     )
 
 
@@ -298,9 +301,10 @@ def _prunable_channels(model: nn.Module, inputs: tuple, ignore: Iterable[Any]) -
 
 
 def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, drop: int | str,
-                    target: dict[str, float], ignore: Iterable[Any]) -> tuple[nn.Module, list[str], dict, str]:
+                    target: dict[str, float], ignore: Iterable[Any]) -> tuple[nn.Module, list[str], dict, float, str]:
     """``prune(drop_blocks=...)``: the model without its ``drop`` least influential residual blocks,
-    the blocks dropped, the target restated for the smaller model, and a note."""
+    the blocks dropped, the target restated for the smaller model, the smaller model's share of the
+    prunable channels (to restate what channel pruning achieves) and a note."""
     from ..metrics import count
     from .depth import BlocksOvershoot, drop_blocks, residual_blocks
 
@@ -323,24 +327,19 @@ def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, 
     chosen = list(blocks)[:drop]
     reduced = drop_blocks(model, chosen, batches)
     before, after = count(model, inputs), count(reduced, inputs)
+    channel_share = _prunable_channels(reduced, inputs, ignore) / _prunable_channels(model, inputs, ignore)
     restated = {}
     for key, value in target.items():
         if key in ("macs", "params"):
             value = value * getattr(before, key) / getattr(after, key)
         elif key == "channels":
-            value = value * _prunable_channels(model, inputs, ignore) / _prunable_channels(reduced, inputs, ignore)
+            value = value / channel_share
         if value >= 1:
             raise BlocksOvershoot(f"dropping {drop} blocks alone already cuts {key} below the target; drop fewer")
         restated[key] = value
-    was_training = model.training
-    with torch.no_grad():
-        a, b = model.eval()(*inputs), reduced.eval()(*inputs)
-    model.train(was_training)
-    reduced.train(was_training)
-    change = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) if isinstance(a, torch.Tensor) \
-        else float("nan")
+    change = equivalence_error(model, reduced, PruningPlan([], []), inputs)  # no channel cut: just the drop
     note = (f"dropped {drop} residual block(s) whole ({', '.join(chosen)}), each replaced by its mean branch output: "
             f"{after.macs / before.macs:.1%} of the MACs left for channel pruning; the output moved by "
-            f"{change:.2e} (relative, example inputs) before any channel was cut: fine-tune. The equivalence "
-            "proof is against the model without these blocks")
-    return reduced, chosen, restated, note
+            f"{change:.2e} (relative, worst of the example and a random input) before any channel was cut: "
+            "fine-tune. The equivalence proof is against the model without these blocks")
+    return reduced, chosen, restated, channel_share, note
