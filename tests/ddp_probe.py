@@ -24,9 +24,19 @@ def _recording_save(obj, f, *args, **kwargs):
     return _real_save(obj, f, *args, **kwargs)
 
 
-def _record_threads():
+def _thread_names() -> list[str]:
+    names = []
     tasks = Path("/proc/self/task")
-    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
+    for task in tasks.iterdir() if tasks.is_dir() else []:
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:  # the thread ended between the listing and the read: it is gone, as it should be
+            pass
+    return names
+
+
+def _record_threads():
+    names = _thread_names()
     (Path(os.environ["PROBE_DIR"]) / f"threads-rank{os.environ.get('RANK', '0')}.txt").write_text("\n".join(names))
 
 

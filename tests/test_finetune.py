@@ -241,7 +241,9 @@ def test_ddp_two_gloo_processes(checkpoints, tmp_path):
     assert len(hashes) == 2 and hashes[0] == hashes[1]
 
     for rank in (0, 1):  # the process group is really gone before the interpreter shuts down
-        threads = (tmp_path / f"threads-rank{rank}.txt").read_text().split()
+        listing = tmp_path / f"threads-rank{rank}.txt"
+        assert listing.exists(), proc.stderr[-3000:]  # the probe's exit hook failed: its traceback is there
+        threads = listing.read_text().split()
         assert threads and not [t for t in threads if "gloo" in t], threads
 
     written = (tmp_path / "writes-rank0.txt").read_text().split()
