@@ -10,7 +10,7 @@ from torch import nn
 
 import edgeslim
 from edgeslim.compress import apply_plan
-from edgeslim.compress.depth import drop_blocks, residual_blocks
+from edgeslim.compress.depth import BlocksOvershoot, drop_blocks, residual_blocks
 from edgeslim.export import export_onnx
 from edgeslim.metrics import count
 from edgeslim.models import load_checkpoint, save_checkpoint
@@ -114,13 +114,14 @@ def test_dropped_blocks_leave_fewer_nodes_in_onnx_runtime(mbv2, tmp_path):
     assert convs["depth"] == convs["channels"] - 4 * 3  # three convolutions per inverted residual
 
 
-def test_drop_blocks_refuses_what_it_cannot_do(mbv2):
+def test_drop_blocks_refuses_what_it_cannot_do(mbv2, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path))  # the latency probes below
     model, x = mbv2
     with pytest.raises(ValueError, match="no residual block"):
         edgeslim.prune(torchvision.models.resnet18().eval(), x[:1], drop_blocks=1, progress=False)
     with pytest.raises(ValueError, match="has 10 residual blocks"):
         edgeslim.prune(model, x[:1], drop_blocks=11, progress=False)
-    with pytest.raises(ValueError, match="not with a latency target"):
-        edgeslim.prune(model, x[:1], target={"latency": 1.0}, device="cpu", drop_blocks=1, progress=False)
+    with pytest.raises(BlocksOvershoot, match="already meets latency=1000"):  # the estimate reads the model's probes
+        edgeslim.prune(model, x[:1], target={"latency": 1000.0}, device="cpu", drop_blocks=1, progress=False)
     with pytest.raises(ValueError, match="already cuts macs below the target"):
         edgeslim.prune(model, x[:1], target={"macs": 0.9}, drop_blocks="all", progress=False)

@@ -3,8 +3,10 @@ import json
 
 import pytest
 import torch
+import torchvision
 
 import edgeslim
+from edgeslim.compress.depth import BlocksOvershoot
 from edgeslim.models import build_model
 from edgeslim.runtime.target import ort_latency, prune_to_latency
 
@@ -47,6 +49,24 @@ def test_latency_target_is_met_as_measured(cache):
     # An impossible target names the closest reachable latency.
     with pytest.raises(ValueError, match="closest reachable is latency="):
         edgeslim.prune(model, X, target={"latency": dense_ms / 1000}, device="cpu", progress=False)
+
+
+@pytest.mark.slow
+def test_latency_target_with_dropped_blocks_is_met_as_measured(cache):
+    """drop_blocks="all" with a latency target: the channels are cut from MobileNetV2 without its 10
+    residual blocks, estimated from that model's probes and latency, and the measurement meets 35 %
+    of the dense latency (one thread: steady); a target the drop alone meets is refused."""
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    dense_ms, _ = ort_latency(model, x, runs=60, quantile=10, threads=1)
+    timing = {"quantile": 10, "runs": 60, "threads": 1, "progress": False}
+    result = prune_to_latency(model, x, 0.35 * dense_ms, drop_blocks="all", **timing)
+    got = result.achieved
+    assert len(result.dropped) == 10 and result.plan.dropped == result.dropped
+    assert got["latency_ms"] <= 0.35 * dense_ms * 1.15, got
+    assert got["macs"] < 0.48 and got["dense_latency_ms"] > 2 * got["latency_ms"]  # channels were cut too
+    with pytest.raises(BlocksOvershoot, match="already runs in"):
+        prune_to_latency(model, x, 0.9 * dense_ms, drop_blocks="all", **timing)
 
 
 def test_latency_target_without_a_device_is_a_clear_error(tmp_path, capsys):

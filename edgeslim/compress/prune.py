@@ -176,7 +176,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     ``drop_blocks``: first remove this many residual blocks whole (``"all"``: every one that
     qualifies), least influential first (``edgeslim.compress.depth``; calibration statistics from
     ``data`` if given, else from the example inputs). Fewer, wider nodes use a multi-core runtime
-    better than many small ones. Targets still count against the model as given, the proof is
+    better than many small ones. Ratio targets still count against the model as given (a latency
+    target is in ms: the same for the smaller model, whose probes the estimate uses), the proof is
     against the model without those blocks, and unlike channel surgery this changes the function
     (a note gives by how much): fine-tune afterwards.
     """
@@ -184,8 +185,6 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
 
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     target = parse_target(target)
-    rounding = resolve_rounding(round_to, device, model, inputs)
-    channel_cost = _allocation(allocate, rounding, target)
     criterion = get_criterion(method)
     loader = as_loader(data)
     if criterion.needs_data and loader is None:
@@ -195,6 +194,9 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         model, dropped, target, channel_scale, depth_note = _without_blocks(model, inputs, loader, drop_blocks,
                                                                             target, ignore)
         notes.append(depth_note)
+    # after the drop: measured widths and a latency estimate describe the model that is cut
+    rounding = resolve_rounding(round_to, device, model, inputs)
+    channel_cost = _allocation(allocate, rounding, target)
 
     bar = tqdm(total=3, desc="prune", disable=not progress, file=sys.stderr, leave=False)
     t0 = time.perf_counter()
@@ -273,6 +275,12 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     else:
         solution, plan, slim, error, cut_notes = plan_and_cut(channel_cost, rounding)
         measured = {}
+    if dropped and not solution.removed:  # only a latency target gets here: ratio targets were checked
+        from .depth import BlocksOvershoot
+
+        goal = ", ".join(f"{key}={value:g}" for key, value in target.items())
+        raise BlocksOvershoot(f"without the {len(dropped)} blocks it drops, the model already meets {goal} "
+                              "(estimated): nothing is left to cut; drop fewer")
     notes += cut_notes
     surgery_s = time.perf_counter() - t0
     bar.update()
@@ -300,16 +308,12 @@ def _prunable_channels(model: nn.Module, inputs: tuple, ignore: Iterable[Any]) -
     return sum(g.size for g in trace(model, inputs, ignore=ignore).prunable_groups)
 
 
-def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, drop: int | str,
-                    target: dict[str, float], ignore: Iterable[Any]) -> tuple[nn.Module, list[str], dict, float, str]:
-    """``prune(drop_blocks=...)``: the model without its ``drop`` least influential residual blocks,
-    the blocks dropped, the target restated for the smaller model, the smaller model's share of the
-    prunable channels (to restate what channel pruning achieves) and a note."""
-    from ..metrics import count
-    from .depth import BlocksOvershoot, drop_blocks, residual_blocks
+def least_influential_dropped(model: nn.Module, inputs: tuple, loader: DataLoader | None,
+                              drop: int | str) -> tuple[nn.Module, list[str]]:
+    """The model without its ``drop`` (a number or ``"all"``) least influential residual blocks, and
+    their paths; branch means from a few calibration batches if ``loader`` is given, else ``inputs``."""
+    from .depth import drop_blocks, residual_blocks
 
-    if "latency" in target:  # its estimate starts from a dense latency that would include the dropped blocks
-        raise ValueError("drop_blocks works with channels, macs and params targets, not with a latency target yet")
     batches = [inputs]
     if loader is not None:  # a few calibration batches give better branch means than the example alone
         batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b, _ in zip(loader, range(4))]
@@ -325,7 +329,19 @@ def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, 
     if drop > len(blocks):
         raise ValueError(f"drop_blocks={drop}, but the model has {len(blocks)} residual blocks edgeslim can remove")
     chosen = list(blocks)[:drop]
-    reduced = drop_blocks(model, chosen, batches)
+    return drop_blocks(model, chosen, batches), chosen
+
+
+def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, drop: int | str,
+                    target: dict[str, float], ignore: Iterable[Any]) -> tuple[nn.Module, list[str], dict, float, str]:
+    """``prune(drop_blocks=...)``: the model without its ``drop`` least influential residual blocks,
+    the blocks dropped, the target restated for the smaller model, the smaller model's share of the
+    prunable channels (to restate what channel pruning achieves) and a note."""
+    from ..metrics import count
+    from .depth import BlocksOvershoot
+
+    reduced, chosen = least_influential_dropped(model, inputs, loader, drop)
+    drop = len(chosen)
     before, after = count(model, inputs), count(reduced, inputs)
     channel_share = _prunable_channels(reduced, inputs, ignore) / _prunable_channels(model, inputs, ignore)
     restated = {}
@@ -334,7 +350,7 @@ def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, 
             value = value * getattr(before, key) / getattr(after, key)
         elif key == "channels":
             value = value / channel_share
-        if value >= 1:
+        if value >= 1 and key != "latency":  # a latency target is in ms, the same for the smaller model
             raise BlocksOvershoot(f"dropping {drop} blocks alone already cuts {key} below the target; drop fewer")
         restated[key] = value
     change = equivalence_error(model, reduced, PruningPlan([], []), inputs)  # no channel cut: just the drop

@@ -297,7 +297,10 @@ def solve(graph: ChannelGraph, scores: Mapping[str, torch.Tensor], target: Mappi
     notes = []
     for key, value in target.items():
         got = costs[key](kept, counts)
-        if got < value * (1 - TOLERANCE):
+        if got < value * (1 - TOLERANCE) and lo == 0:
+            notes.append(f"{key}: the model already meets the target ({got:.4f} for a target of {value:g}): "
+                         "nothing was cut")
+        elif got < value * (1 - TOLERANCE):
             notes.append(f"{key}: reached {got:.4f} for a target of {value:g}; the channel groups are too coarse "
                          "(or the rounding too large) to get closer")
     return Solution(keep, achieved, int(removed.sum()), notes)

@@ -112,20 +112,38 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[t
     Runtime, this CPU, which also carries the estimate's measurements). ``measure(slim) -> ms``
     replaces the default measurement. Returns the engine's PruneResult; ``achieved`` gains
     ``latency_ms`` (measured), ``latency_estimate_ms`` and ``dense_latency_ms``; a note says so
-    when the target was missed.
+    when the target was missed. ``prune_kwargs`` go to :func:`edgeslim.prune` (e.g.
+    ``drop_blocks="all"``: the channels are then cut from the model without those blocks, and the
+    estimate starts from that model's latency).
     """
     import edgeslim
 
+    from ..compress.prune import as_loader, least_influential_dropped
     from .channels import DeviceRounding
 
     if latency_ms <= 0:
         raise ValueError(f"latency target must be positive (got {latency_ms} ms)")
     device = _check_device(device) if measure is None else device
     example = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
-    rounding = rounding or DeviceRounding(model, example_inputs, runtime="ort", device="cpu", threads=threads)
-    dense_ms = float(measure(model)) if measure is not None else \
-        ort_latency(model, example, runs=runs, threads=threads, quantile=quantile)[0]
-    rounding.dense_ms = dense_ms  # the estimate starts from the same dense measurement
+
+    def dense_latency(dense: nn.Module) -> float:
+        return float(measure(dense)) if measure is not None else \
+            ort_latency(dense, example, runs=runs, threads=threads, quantile=quantile)[0]
+
+    # The engine cuts channels of the model without the blocks it drops (prune(drop_blocks=...)
+    # drops the same ones each attempt): the estimate's probes and dense latency describe that model.
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    drop = prune_kwargs.get("drop_blocks")
+    cut, dropped = least_influential_dropped(model, inputs, as_loader(data), drop) if drop else (model, [])
+    rounding = rounding or DeviceRounding(cut, example_inputs, runtime="ort", device="cpu", threads=threads)
+    dense_ms = dense_latency(model)  # what the result is compared with: the model as given
+    rounding.dense_ms = dense_ms if cut is model else dense_latency(cut)  # where the estimate starts
+    if dropped and rounding.dense_ms <= latency_ms:
+        from ..compress.depth import BlocksOvershoot
+
+        raise BlocksOvershoot(f"without the {len(dropped)} blocks it drops, the model already runs in "
+                              f"{rounding.dense_ms:.3f} ms (measured), within the target of {latency_ms:.3f} ms; "
+                              "drop fewer")
 
     def timed(slim: nn.Module) -> float:
         if measure is not None:
