@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["residual_blocks", "drop_blocks", "BlocksOvershoot"]
+__all__ = ["residual_blocks", "drop_blocks", "least_influential_dropped", "BlocksOvershoot", "remove_block"]
 
 
 class BlocksOvershoot(ValueError):
@@ -144,10 +144,37 @@ def drop_blocks(model: nn.Module, paths: Sequence[str], batches: Iterable[Sequen
                 carried[prev_path] = carried.get(prev_path, 0) + shift
             else:
                 _output_norm(prev).bias += shift.to(_output_norm(prev).bias.dtype)
-            parent_path, _, attr = path.rpartition(".")
-            setattr(slim.get_submodule(parent_path) if parent_path else slim, attr, nn.Identity())
+            remove_block(slim, path)
     return slim
+
+
+def remove_block(model: nn.Module, path: str) -> None:
+    """Replace the block at ``path`` by ``nn.Identity`` in place (its constant is already folded)."""
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
 
 
 def _position(model: nn.Module, path: str) -> int:
     return [p for p, _ in model.named_modules()].index(path)
+
+
+def least_influential_dropped(model: nn.Module, inputs: tuple, loader: Iterable | None,
+                              drop: int | str) -> tuple[nn.Module, list[str]]:
+    """The model without its ``drop`` (a number or ``"all"``) least influential residual blocks, and
+    their paths; branch means from a few calibration batches if ``loader`` is given, else ``inputs``."""
+    batches = [inputs]
+    if loader is not None:  # a few calibration batches give better branch means than the example alone
+        batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b, _ in zip(loader, range(4))]
+        batches = [b[:1] if len(b) > 1 else b for b in batches]  # (inputs, labels) -> (inputs,)
+    blocks = residual_blocks(model, batches)
+    if not blocks:
+        raise ValueError("drop_blocks: this model has no residual block edgeslim can remove (x + branch(x) after a "
+                         "block that ends in a batch norm, e.g. MobileNetV2/V3, EfficientNet)")
+    if drop == "all":
+        drop = len(blocks)
+    if not isinstance(drop, int) or drop < 0:
+        raise ValueError(f"drop_blocks must be a number of blocks or 'all', not {drop!r}")
+    if drop > len(blocks):
+        raise ValueError(f"drop_blocks={drop}, but the model has {len(blocks)} residual blocks edgeslim can remove")
+    chosen = list(blocks)[:drop]
+    return drop_blocks(model, chosen, batches), chosen

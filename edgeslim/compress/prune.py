@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .criteria import get_criterion
+from .depth import BlocksOvershoot, least_influential_dropped
 from .graph import ChannelGraph
 from .plan import PruningPlan, make_plan
 from .surgery import apply_plan, equivalence_error
@@ -276,8 +277,6 @@ def prune(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
         solution, plan, slim, error, cut_notes = plan_and_cut(channel_cost, rounding)
         measured = {}
     if dropped and not solution.removed:  # only a latency target gets here: ratio targets were checked
-        from .depth import BlocksOvershoot
-
         goal = ", ".join(f"{key}={value:g}" for key, value in target.items())
         raise BlocksOvershoot(f"without the {len(dropped)} blocks it drops, the model already meets {goal} "
                               "(estimated): nothing is left to cut; drop fewer")
@@ -308,37 +307,12 @@ def _prunable_channels(model: nn.Module, inputs: tuple, ignore: Iterable[Any]) -
     return sum(g.size for g in trace(model, inputs, ignore=ignore).prunable_groups)
 
 
-def least_influential_dropped(model: nn.Module, inputs: tuple, loader: DataLoader | None,
-                              drop: int | str) -> tuple[nn.Module, list[str]]:
-    """The model without its ``drop`` (a number or ``"all"``) least influential residual blocks, and
-    their paths; branch means from a few calibration batches if ``loader`` is given, else ``inputs``."""
-    from .depth import drop_blocks, residual_blocks
-
-    batches = [inputs]
-    if loader is not None:  # a few calibration batches give better branch means than the example alone
-        batches = [tuple(b) if isinstance(b, (tuple, list)) else (b,) for b, _ in zip(loader, range(4))]
-        batches = [b[:1] if len(b) > 1 else b for b in batches]  # (inputs, labels) -> (inputs,)
-    blocks = residual_blocks(model, batches)
-    if not blocks:
-        raise ValueError("drop_blocks: this model has no residual block edgeslim can remove (x + branch(x) after a "
-                         "block that ends in a batch norm, e.g. MobileNetV2/V3, EfficientNet)")
-    if drop == "all":
-        drop = len(blocks)
-    if not isinstance(drop, int) or drop < 0:
-        raise ValueError(f"drop_blocks must be a number of blocks or 'all', not {drop!r}")
-    if drop > len(blocks):
-        raise ValueError(f"drop_blocks={drop}, but the model has {len(blocks)} residual blocks edgeslim can remove")
-    chosen = list(blocks)[:drop]
-    return drop_blocks(model, chosen, batches), chosen
-
-
 def _without_blocks(model: nn.Module, inputs: tuple, loader: DataLoader | None, drop: int | str,
                     target: dict[str, float], ignore: Iterable[Any]) -> tuple[nn.Module, list[str], dict, float, str]:
     """``prune(drop_blocks=...)``: the model without its ``drop`` least influential residual blocks,
     the blocks dropped, the target restated for the smaller model, the smaller model's share of the
     prunable channels (to restate what channel pruning achieves) and a note."""
     from ..metrics import count
-    from .depth import BlocksOvershoot
 
     reduced, chosen = least_influential_dropped(model, inputs, loader, drop)
     drop = len(chosen)

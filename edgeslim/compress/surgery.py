@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from .depth import remove_block
 from .plan import PruningPlan
 from .rules import module_rule_for
 
@@ -70,8 +71,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan | Mapping[str, Any]) -> nn.Mo
     _check(model, plan)
     slim = copy.deepcopy(model)
     for path in plan.dropped:  # residual blocks removed whole; their constants live in the state_dict
-        parent, _, attr = path.rpartition(".")
-        setattr(slim.get_submodule(parent) if parent else slim, attr, nn.Identity())
+        remove_block(slim, path)
     aliases = _aliases(slim)
     cuts: dict[str, list[dict]] = defaultdict(list)
     for cut in plan.params:

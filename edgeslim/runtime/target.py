@@ -118,7 +118,8 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[t
     """
     import edgeslim
 
-    from ..compress.prune import as_loader, least_influential_dropped
+    from ..compress.depth import BlocksOvershoot, least_influential_dropped
+    from ..compress.prune import as_loader
     from .channels import DeviceRounding
 
     if latency_ms <= 0:
@@ -139,8 +140,6 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor | Sequence[t
     dense_ms = dense_latency(model)  # what the result is compared with: the model as given
     rounding.dense_ms = dense_ms if cut is model else dense_latency(cut)  # where the estimate starts
     if dropped and rounding.dense_ms <= latency_ms:
-        from ..compress.depth import BlocksOvershoot
-
         raise BlocksOvershoot(f"without the {len(dropped)} blocks it drops, the model already runs in "
                               f"{rounding.dense_ms:.3f} ms (measured), within the target of {latency_ms:.3f} ms; "
                               "drop fewer")
